@@ -1,0 +1,100 @@
+"""The flow-matching head: SimpleMLPAdaLN predicting a velocity for one 64-d image token.
+
+The embedding of the condition and of the time are exposed separately, so a fused sampler can compute the
+condition embedding once per token and take the time embeddings of its fixed grid as constants.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import HeadConfig
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoid of t in [0, 1] (cos first, no x1000), then Linear -> SiLU -> Linear."""
+
+    def __init__(self, dim: int, freq_dim: int):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def sinusoid(self, t: torch.Tensor) -> torch.Tensor:
+        """t [B] -> [B,freq_dim]."""
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t.float()[:, None] * freqs[None]                                  # [B,half]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.sinusoid(t).to(self.mlp[0].weight.dtype))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, dim: int, mlp_ratio: float):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.in_ln = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * dim))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
+        return x + gate * self.mlp(modulate(self.in_ln(x), shift, scale))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
+        self.linear = nn.Linear(dim, out_dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class SimpleMLPAdaLN(nn.Module):
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.input_proj = nn.Linear(cfg.input_dim, cfg.dim)
+        self.time_embed = TimestepEmbedder(cfg.dim, cfg.freq_dim)
+        self.cond_embed = nn.Linear(cfg.cond_dim, cfg.dim)
+        self.res_blocks = nn.ModuleList(ResBlock(cfg.dim, cfg.mlp_ratio) for _ in range(cfg.layers))
+        self.final_layer = FinalLayer(cfg.dim, cfg.input_dim)
+
+    def velocity(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x [B,token_dim], y [B,dim] (= time embedding + condition embedding) -> v [B,token_dim]."""
+        h = self.input_proj(x)
+        for block in self.res_blocks:
+            h = block(h, y)
+        return self.final_layer(h, y)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """x [B,token_dim], t [B], c [B,cond_dim] -> v [B,token_dim]."""
+        return self.velocity(x, self.time_embed(t) + self.cond_embed(c))
+
+
+class FlowMatchingHead(nn.Module):
+    """Wrapper whose ``net`` attribute gives the checkpoint's ``image_head.net.*`` key names."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.net = SimpleMLPAdaLN(cfg)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.net(x, t, c)
+
+
+def token_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """LayerNorm without affine over the last dim (the per-token latent norm and ``use_norm``)."""
+    return F.layer_norm(x, (x.shape[-1],), eps=eps)

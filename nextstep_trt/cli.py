@@ -1,0 +1,67 @@
+"""The ``nextstep-trt`` console script: one sub-command per module in ``nextstep_trt.commands``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from nextstep_trt.errors import CheckFailed, UserError
+
+# command name -> module in nextstep_trt.commands that defines add_arguments(parser) and run(args) -> int
+COMMANDS = {
+    "demo": "demo", "init-tiny": "init", "export": "export", "inspect": "inspect",
+    "quantize": "quantize", "build": "build", "generate": "generate", "edit": "generate", "verify": "verify",
+    "record": "verify", "bench": "bench", "doctor": "doctor", "serve": "serve", "client": "serve",
+    "triton-repo": "serve",
+}
+
+
+def _module(command: str):
+    return importlib.import_module(f"nextstep_trt.commands.{COMMANDS[command]}")
+
+
+def build_parser(available: dict[str, object]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nextstep-trt", description="Export, build, run and verify NextStep-1.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in available.items():
+        sub = subs.add_parser(name, help=module.HELP[name])
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        module.add_arguments(name, sub)
+    return parser
+
+
+def _available() -> dict[str, object]:
+    out = {}
+    for name in COMMANDS:
+        try:
+            out[name] = _module(name)
+        except ModuleNotFoundError as err:
+            if not err.name or not err.name.startswith("nextstep_trt.commands"):
+                raise
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    available = _available()
+    args = build_parser(available).parse_args(argv)
+    try:
+        return int(available[args.command].run(args) or 0)
+    except (UserError, CheckFailed) as err:
+        if args.debug:
+            raise
+        print(f"nextstep-trt {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"nextstep-trt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # an unexpected failure still gets one line unless --debug
+        if args.debug:
+            raise
+        print(f"nextstep-trt {args.command}: unexpected error: {type(err).__name__}: {err} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per group of sub-commands; each defines HELP, add_arguments(name, parser) and run(args)."""
