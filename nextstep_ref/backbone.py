@@ -56,7 +56,7 @@ def attention_allowed(past_mask: torch.Tensor, token_mask: torch.Tensor) -> torc
     idx = torch.arange(s, device=token_mask.device)
     causal = idx[None, :] <= idx[:, None]                                   # [S,S]
     new = causal[None] & token_mask.bool()[:, None, :]                      # [B,S,S]
-    new = new | torch.eye(s, dtype=torch.bool, device=token_mask.device)[None]
+    new = new | (idx[None, :] == idx[:, None])[None]                        # a token always sees itself
     past = past_mask.bool()[:, None, :].expand(-1, s, -1)                   # [B,S,C]
     return torch.cat([past, new], dim=-1)[:, None]                          # [B,1,S,C+S]
 

@@ -20,9 +20,9 @@ def combine_cfg(v: torch.Tensor, cfg: torch.Tensor, cfg_img: torch.Tensor | None
     """
     g = cfg[:, None].to(v.dtype)
     if cfg_img is None:
-        v_c, v_u = v.chunk(2)
+        v_c, v_u = v.unflatten(0, (2, -1)).unbind(0)                            # 2 x [B,D]
         return v_u + g * (v_c - v_u)
-    v_c, v_u1, v_u2 = v.chunk(3)
+    v_c, v_u1, v_u2 = v.unflatten(0, (3, -1)).unbind(0)                       # 3 x [B,D]
     return v_u2 + cfg_img[:, None].to(v.dtype) * (v_u1 - v_u2) + g * (v_c - v_u1)
 
 

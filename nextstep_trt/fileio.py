@@ -10,6 +10,12 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _default_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it over ``final`` only if the block succeeds."""
@@ -20,6 +26,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _default_mode())  # mkstemp makes 0600 files
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():

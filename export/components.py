@@ -1,0 +1,146 @@
+"""One object per exported graph: its torch module, its independent reference and its validation cases (torch)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from nextstep_ref.checkpoint import ModelBundle
+from nextstep_ref.sampler import sample_token
+from nextstep_ref.sampling import SamplerConfig, SamplerVariant
+
+from . import graphs
+from .profile import DeploymentProfile
+from .spec import GraphSpec, kv_names
+
+Feeds = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    feeds: Feeds
+
+
+def sampler_config(spec: GraphSpec) -> SamplerConfig:
+    """The sampler a head_sampler graph was exported with (from its spec attrs)."""
+    s = dict(spec.attrs["sampler"])
+    return SamplerConfig(**{**s, "variant": SamplerVariant(s["variant"])})
+
+
+def _run_module(module: torch.nn.Module, spec: GraphSpec, feeds: Feeds) -> Feeds:
+    with torch.no_grad():
+        out = module(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in spec.input_names])
+    out = out if isinstance(out, (tuple, list)) else (out,)
+    return {n: t.float().numpy() for n, t in zip(spec.output_names, out)}
+
+
+# --- backbone --------------------------------------------------------------------------------------------------------
+
+def backbone_feeds(bundle: ModelBundle, spec: GraphSpec, rows: int, seq: int, past: int,
+                   rng: np.random.Generator) -> Feeds:
+    """Realistic inputs: left pads in a fresh prompt, invalid leading cache slots, positions after the past."""
+    cfg = bundle.config
+    bb = cfg.backbone
+    token_mask = np.ones((rows, seq), np.int64)
+    past_mask = np.ones((rows, past), np.int64)
+    for r in range(rows):
+        if past == 0:
+            token_mask[r, : min(r, seq - 1)] = 0          # row r has r left pads
+        else:
+            past_mask[r, : min(r, past - 1)] = 0
+    feeds = {"input_ids": rng.integers(0, bb.vocab_size, (rows, seq)).astype(np.int64),
+             "image_tokens": rng.standard_normal((rows, seq, cfg.token_dim)).astype(np.float32),
+             "image_mask": rng.random((rows, seq)) < 0.3,
+             "position_ids": np.broadcast_to(past + np.arange(seq, dtype=np.int64), (rows, seq)).copy(),
+             "token_mask": token_mask, "past_mask": past_mask}
+    for name in kv_names("past_key", bb.num_layers) + kv_names("past_value", bb.num_layers):
+        feeds[name] = rng.standard_normal((rows, bb.num_kv_heads, past, bb.head_dim)).astype(np.float32)
+    return feeds
+
+
+def backbone_cases(bundle, spec, profile, rng) -> list[Case]:
+    cap, seq_max = spec.attrs["kv_capacity"], spec.attrs["max_prompt_tokens"]
+    shapes = [(1, 0), (7, 0), (seq_max, 0), (1, 1), (1, cap // 2), (1, cap - 1), (7, cap // 2)]
+    return [Case(f"rows={rows} seq={seq} past={past}", backbone_feeds(bundle, spec, rows, seq, past, rng))
+            for rows in (1, 4) for seq, past in shapes]
+
+
+# --- head -----------------------------------------------------------------------------------------------------------
+
+def head_step_cases(bundle, spec, profile, rng) -> list[Case]:
+    cfg = bundle.config
+    out = []
+    for rows in (1, 4):
+        feeds = {"x": rng.standard_normal((rows, cfg.token_dim)).astype(np.float32),
+                 "t": rng.random(rows).astype(np.float32),
+                 "cond": rng.standard_normal((rows, cfg.backbone.hidden_size)).astype(np.float32)}
+        out.append(Case(f"rows={rows}", feeds))
+    return out
+
+
+def head_sampler_cases(bundle, spec, profile, rng) -> list[Case]:
+    cfg, r = bundle.config, spec.attrs["cfg_rows"]
+    steps = sampler_config(spec).steps
+    out = []
+    for batch in (1, 4):
+        feeds = {"cond": rng.standard_normal((r * batch, cfg.backbone.hidden_size)).astype(np.float32),
+                 "noise": rng.standard_normal((steps + 1, batch, cfg.token_dim)).astype(np.float32),
+                 "cfg": rng.uniform(1.0, 8.0, batch).astype(np.float32)}
+        if r == 3:
+            feeds["cfg_img"] = rng.uniform(1.0, 3.0, batch).astype(np.float32)
+        out.append(Case(f"batch={batch}", feeds))
+    return out
+
+
+def head_sampler_reference(bundle, spec, feeds: Feeds) -> Feeds:
+    """The reference sampler, step by step with full head calls (not the hoisted graph module)."""
+    t = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    with torch.no_grad():
+        token = sample_token(bundle.model.image_head, t["cond"], t["noise"], sampler_config(spec), t["cfg"],
+                             t.get("cfg_img"))
+    return {"token": token.numpy()}
+
+
+# --- VAE ------------------------------------------------------------------------------------------------------------
+
+def vae_cases(bundle, spec, profile: DeploymentProfile, rng) -> list[Case]:
+    cfg, f = bundle.config, bundle.config.vae.downsample
+    out = []
+    for h, w in profile.resolutions:
+        for batch in sorted({1, min(4, profile.max_batch)}):
+            if spec.name == "vae_decoder":
+                feeds = {"latents": rng.standard_normal((batch, cfg.latent_channels, h // f, w // f)).astype(np.float32)}
+            else:
+                feeds = {"image": rng.uniform(-1, 1, (batch, cfg.vae.in_channels, h, w)).astype(np.float32)}
+            out.append(Case(f"batch={batch} {h}x{w}", feeds))
+    return out
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    module: Callable[[ModelBundle, GraphSpec], torch.nn.Module]
+    cases: Callable[..., list[Case]]
+    reference: Callable[[ModelBundle, GraphSpec, Feeds], Feeds] | None = None   # default: run the module in torch
+
+    def run_reference(self, bundle: ModelBundle, spec: GraphSpec, feeds: Feeds) -> Feeds:
+        if self.reference is not None:
+            return self.reference(bundle, spec, feeds)
+        return _run_module(self.module(bundle, spec), spec, feeds)
+
+
+COMPONENTS: dict[str, Component] = {
+    "backbone": Component("backbone", lambda b, s: graphs.BackboneGraph(b.model), backbone_cases),
+    "head_step": Component("head_step", lambda b, s: graphs.HeadStepGraph(b.model.image_head), head_step_cases),
+    "head_sampler": Component(
+        "head_sampler", lambda b, s: graphs.HeadSamplerGraph(b.model.image_head, sampler_config(s), edit=False),
+        head_sampler_cases, head_sampler_reference),
+    "head_sampler_edit": Component(
+        "head_sampler_edit", lambda b, s: graphs.HeadSamplerGraph(b.model.image_head, sampler_config(s), edit=True),
+        head_sampler_cases, head_sampler_reference),
+    "vae_decoder": Component("vae_decoder", lambda b, s: graphs.VaeDecoderGraph(b.vae), vae_cases),
+    "vae_encoder": Component("vae_encoder", lambda b, s: graphs.VaeEncoderGraph(b.vae), vae_cases),
+}

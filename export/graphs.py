@@ -1,0 +1,76 @@
+"""Thin torch modules that fix each graph's signature over ``nextstep_ref`` (nothing patched)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nextstep_ref.head import FlowMatchingHead
+from nextstep_ref.model import NextStep
+from nextstep_ref.sampler import run_sampler
+from nextstep_ref.sampling import SamplerConfig, sampler_steps
+from nextstep_ref.vae import AutoEncoder
+
+
+class BackboneGraph(nn.Module):
+    """(ids, image tokens, masks, positions, past K/V per layer) -> (cond, new K/V per layer). Prefill and decode."""
+
+    def __init__(self, model: NextStep):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, image_tokens, image_mask, position_ids, token_mask, past_mask, *past_kv):
+        pairs = list(zip(past_kv[0::2], past_kv[1::2]))
+        cond, new_kv = self.model(input_ids, image_tokens, image_mask, position_ids, token_mask, past_mask, pairs)
+        return (cond, *[t for kv in new_kv for t in kv])
+
+
+class HeadStepGraph(nn.Module):
+    """(x, t, cond) -> v: one velocity evaluation."""
+
+    def __init__(self, head: FlowMatchingHead):
+        super().__init__()
+        self.head = head
+
+    def forward(self, x, t, cond):
+        return self.head(x, t, cond)
+
+
+class HeadSamplerGraph(nn.Module):
+    """All N sampler steps with the CFG combine (and token norm) in one call; noise is an input.
+
+    The condition embedding is computed once per call; the time embeddings of the fixed grid are constants.
+    """
+
+    def __init__(self, head: FlowMatchingHead, sampler: SamplerConfig, edit: bool):
+        super().__init__()
+        self.net, self.sampler, self.edit = head.net, sampler, edit
+        grid = torch.tensor([s.t for s in sampler_steps(sampler)], dtype=torch.float32)
+        with torch.no_grad():
+            temb = self.net.time_embed(grid)                                          # [N,dim]
+        self.register_buffer("time_embeddings", temb, persistent=False)
+
+    def forward(self, cond, noise, cfg, cfg_img=None):
+        y_cond = self.net.cond_embed(cond)                                            # [R*B,dim]
+
+        def velocity(x: torch.Tensor, k: int) -> torch.Tensor:
+            return self.net.velocity(x, self.time_embeddings[k][None] + y_cond)
+
+        return run_sampler(velocity, noise, self.sampler, cfg, cfg_img if self.edit else None)
+
+
+class VaeDecoderGraph(nn.Module):
+    def __init__(self, vae: AutoEncoder):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents):
+        return self.vae.decode(latents)
+
+
+class VaeEncoderGraph(nn.Module):
+    def __init__(self, vae: AutoEncoder):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, image):
+        return self.vae.encode(image)

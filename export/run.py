@@ -1,0 +1,102 @@
+"""The export command's work: trace each graph, write it atomically, validate it, record it in the manifest."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from nextstep_ref.checkpoint import ModelBundle, load_model
+from nextstep_trt.errors import UserError
+from nextstep_trt.precision import Precision
+from nextstep_trt.report import ParityReport
+
+from .components import COMPONENTS
+from .exporter import OPSET, save, trace
+from .manifest import Manifest, sha256_file
+from .profile import GRAPHS, DeploymentProfile, graph_specs
+from .spec import GraphSpec
+from .validate import validate_graph
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    model_dir: Path
+    out_dir: Path
+    graphs: tuple[str, ...] = GRAPHS
+    profile: DeploymentProfile = DeploymentProfile()
+    validate: bool = True
+    external_data: bool | None = None        # None: only when a graph is over 2 GB
+    opset: int = OPSET
+
+
+def check_writable(out_dir: Path) -> None:
+    """Create the folder and prove a file can be written there; a UserError otherwise."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".probe-"):
+            pass
+    except OSError as err:
+        raise UserError(f"output folder {out_dir} is not writable: {err.strerror or err}") from None
+
+
+def _install(files: list[Path], dest_dir: Path) -> list[Path]:
+    """Move validated files into place, data before the graph that points at it."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for f in sorted(files, key=lambda p: p.suffix != ".data"):
+        os.replace(f, dest_dir / f.name)
+        out.append(dest_dir / f.name)
+    return out
+
+
+def export_graph(bundle: ModelBundle, spec: GraphSpec, opts: ExportOptions, manifest: Manifest) -> ParityReport:
+    """Trace, save into a scratch folder, validate, then install; a failing graph never replaces a good one."""
+    module = COMPONENTS[spec.name].module(bundle, spec)
+    model, sizes, seconds = trace(module, spec, opts.opset)
+    scratch = Path(tempfile.mkdtemp(prefix=f".export-{spec.name}-", dir=opts.out_dir))
+    try:
+        files = save(model, scratch / f"{spec.name}.onnx", opts.external_data)
+        del model
+        report = validate_graph(bundle, spec, files[0], opts.profile) if opts.validate else ParityReport()
+        if not report.ok:
+            r = report.failures()[0]
+            raise UserError(f"{spec.name} failed validation at {r.case}: {r.tensor}: {'; '.join(r.violations)} "
+                            f"(the previous graph, if any, is untouched)")
+        installed = _install(files, opts.out_dir / Precision.FP32.value)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    record = {"file": str(installed[0].relative_to(opts.out_dir)),
+              "files": [str(p.relative_to(opts.out_dir)) for p in installed],
+              "bytes": sum(p.stat().st_size for p in installed), "sha256": sha256_file(installed[0]),
+              "export_seconds": round(seconds, 3), "opset": opts.opset,
+              "validated": opts.validate, "validation": _summary(report)}
+    manifest.record_graph(spec, sizes, Precision.FP32, record)
+    manifest.save()
+    return report
+
+
+def _summary(report: ParityReport) -> dict:
+    if not report.rows:
+        return {}
+    worst = max(report.rows, key=lambda r: r.metrics.rel_l2)
+    return {"ok": report.ok, "cases": len({r.case for r in report.rows}),
+            "worst_rel_l2": worst.metrics.rel_l2, "worst_max_abs": max(r.metrics.max_abs for r in report.rows),
+            "worst_case": f"{worst.case} {worst.tensor}"}
+
+
+def export_all(opts: ExportOptions, bundle: ModelBundle | None = None, log=print) -> ParityReport:
+    """Export every requested graph of a model folder into ``opts.out_dir``."""
+    bundle = bundle or load_model(opts.model_dir, with_tokenizer=False)
+    specs = graph_specs(bundle.config, opts.profile, opts.graphs)
+    check_writable(opts.out_dir)
+    manifest = Manifest.open_for_export(opts.out_dir, bundle.config, opts.profile)
+    report = ParityReport()
+    for name, spec in specs.items():
+        graph_report = export_graph(bundle, spec, opts, manifest)
+        rec = manifest.entry(name)
+        log(f"exported {name}: {rec['bytes'] / 2**20:.2f} MiB in {rec['export_seconds']:.1f} s"
+            + (f", validated on {rec['validation']['cases']} shapes" if opts.validate else ", not validated"))
+        report.extend(graph_report)
+    return report

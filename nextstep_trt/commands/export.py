@@ -1,0 +1,76 @@
+"""export: write every graph as ONNX plus manifest.json, validated against the reference."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nextstep_trt.errors import UserError
+
+HELP = {"export": "export the model's graphs to ONNX (fp32), validate them, write manifest.json"}
+
+
+def add_profile_arguments(p) -> None:
+    """Flags that size a DeploymentProfile."""
+    from export.profile import DeploymentProfile
+
+    d = DeploymentProfile()
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="images per call")
+    p.add_argument("--opt-batch", type=int, default=d.opt_batch)
+    p.add_argument("--max-text-tokens", type=int, default=d.max_text_tokens)
+    p.add_argument("--resolutions", default=",".join(f"{h}x{w}" for h, w in d.resolutions),
+                   help="comma-separated HEIGHTxWIDTH list the VAE graphs and KV capacity are sized for")
+    p.add_argument("--steps", type=int, default=d.t2i_sampler.steps, help="sampler steps fixed in the fused graphs")
+    p.add_argument("--shift", type=float, default=d.t2i_sampler.shift, help="timestep shift of head_sampler")
+    p.add_argument("--edit-shift", type=float, default=d.edit_sampler.shift, help="timestep shift of head_sampler_edit")
+    p.add_argument("--sampler", default="hf", choices=["hf", "gh"])
+    p.add_argument("--no-use-norm", dest="use_norm", action="store_false")
+    p.add_argument("--no-edit", dest="edit", action="store_false", help="skip the editing graphs")
+
+
+def parse_resolutions(text: str) -> tuple[tuple[int, int], ...]:
+    out = []
+    for item in text.split(","):
+        try:
+            h, w = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise UserError(f"bad resolution {item!r}: use HEIGHTxWIDTH, e.g. 512x512") from None
+        out.append((h, w))
+    return tuple(out)
+
+
+def profile_from_args(args):
+    from export.profile import DeploymentProfile
+    from nextstep_ref.sampling import SamplerConfig, SamplerVariant
+
+    variant = SamplerVariant(args.sampler)
+    return DeploymentProfile(
+        max_batch=args.max_batch, opt_batch=args.opt_batch, max_text_tokens=args.max_text_tokens,
+        resolutions=parse_resolutions(args.resolutions), edit=args.edit,
+        t2i_sampler=SamplerConfig(args.steps, args.shift, variant, args.use_norm),
+        edit_sampler=SamplerConfig(args.steps, args.edit_shift, variant, args.use_norm))
+
+
+def add_arguments(name: str, p) -> None:
+    p.add_argument("--model", required=True, help="model folder (official layout)")
+    p.add_argument("--out", required=True, help="artifacts folder")
+    p.add_argument("--graphs", default=None, help="comma-separated subset of the graphs (default: all)")
+    p.add_argument("--external-data", action="store_true", help="always write weights as external data")
+    p.add_argument("--no-validate", dest="validate", action="store_false", help="skip the ORT-vs-torch check")
+    p.add_argument("--report", help="write the validation report as JSON")
+    add_profile_arguments(p)
+
+
+def run(args) -> int:
+    from export.profile import GRAPHS
+    from export.run import ExportOptions, export_all
+    from nextstep_trt.fileio import write_json
+
+    graphs = tuple(g.strip() for g in args.graphs.split(",")) if args.graphs else GRAPHS
+    opts = ExportOptions(Path(args.model), Path(args.out), graphs, profile_from_args(args), args.validate,
+                         True if args.external_data else None)
+    report = export_all(opts)
+    if report.rows:
+        print("worst case per graph (all cases: --report FILE.json):")
+        print(report.worst_per_graph().table())
+    if args.report:
+        write_json(args.report, report.to_json())
+    return 0
