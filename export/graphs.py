@@ -4,10 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nextstep_ref.head import FlowMatchingHead
+from nextstep_ref.head import FlowMatchingHead, token_norm
 from nextstep_ref.model import NextStep
-from nextstep_ref.sampler import run_sampler
-from nextstep_ref.sampling import SamplerConfig, sampler_steps
+from nextstep_ref.sampling import SamplerConfig, run_sampler, sampler_steps
 from nextstep_ref.vae import AutoEncoder
 
 
@@ -55,7 +54,7 @@ class HeadSamplerGraph(nn.Module):
         def velocity(x: torch.Tensor, k: int) -> torch.Tensor:
             return self.net.velocity(x, self.time_embeddings[k][None] + y_cond)
 
-        return run_sampler(velocity, noise, self.sampler, cfg, cfg_img if self.edit else None)
+        return run_sampler(velocity, noise, self.sampler, cfg, cfg_img if self.edit else None, norm=token_norm)
 
 
 class VaeDecoderGraph(nn.Module):

@@ -45,7 +45,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     """The graph's structure (no external data read); a UserError for a missing or non-ONNX file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path}: {'a folder, not an ONNX file' if path.is_dir() else 'no such file'}")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError) as err:

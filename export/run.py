@@ -14,6 +14,7 @@ from nextstep_trt.report import ParityReport
 
 from .components import COMPONENTS
 from .exporter import OPSET, save, trace
+from .lint import lint_model
 from .manifest import Manifest, sha256_file
 from .profile import GRAPHS, DeploymentProfile, graph_specs
 from .spec import GraphSpec
@@ -59,6 +60,7 @@ def export_graph(bundle: ModelBundle, spec: GraphSpec, opts: ExportOptions, mani
     try:
         files = save(model, scratch / f"{spec.name}.onnx", opts.external_data)
         del model
+        findings = check_graph(files[0], spec, sizes)
         report = validate_graph(bundle, spec, files[0], opts.profile) if opts.validate else ParityReport()
         if not report.ok:
             r = report.failures()[0]
@@ -71,10 +73,38 @@ def export_graph(bundle: ModelBundle, spec: GraphSpec, opts: ExportOptions, mani
               "files": [str(p.relative_to(opts.out_dir)) for p in installed],
               "bytes": sum(p.stat().st_size for p in installed), "sha256": sha256_file(installed[0]),
               "export_seconds": round(seconds, 3), "opset": opts.opset,
-              "validated": opts.validate, "validation": _summary(report)}
+              "validated": opts.validate, "validation": _summary(report),
+              "lint": [f"{f.severity} {f.code} {f.node}: {f.message}" for f in findings],
+              "trt_parse": trt_parse_summary(installed[0])}
     manifest.record_graph(spec, sizes, Precision.FP32, record)
     manifest.save()
     return report
+
+
+def check_graph(path: Path, spec: GraphSpec, sizes: dict[str, int]) -> list:
+    """Lint the written graph against its spec; an error finding fails the export."""
+    findings = lint_model(path, spec, sizes, hot=True)
+    errors = [f for f in findings if f.severity == "error"]
+    if errors:
+        e = errors[0]
+        raise UserError(f"{spec.name} failed lint: {e.code} {e.node}: {e.message}"
+                        + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+    return findings
+
+
+def trt_parse_summary(path: Path) -> dict:
+    """Parse with TensorRT-RTX when it is installed (no GPU needed); errors are reported by node name."""
+    from .trt_check import trt_parse
+
+    try:
+        result = trt_parse(path)
+    except UserError as err:  # tensorrt-rtx not installed: record why
+        return {"checked": False, "reason": str(err)}
+    if not result.ok:
+        print(f"warning: TensorRT-RTX cannot parse {path.name}: "
+              + "; ".join(f"{node}: {msg}" for node, msg in result.errors[:3]))
+    return {"checked": True, "ok": result.ok, "layers": result.num_layers,
+            "errors": [f"{node}: {msg}" for node, msg in result.errors]}
 
 
 def _summary(report: ParityReport) -> dict:

@@ -13,7 +13,8 @@ from nextstep_trt.errors import UserError
 
 FLAVORS = {"tensorrt-rtx": "tensorrt_rtx", "tensorrt": "tensorrt"}
 _DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32",
-           "INT8": "int8", "UINT8": "uint8", "BOOL": "bool", "FP8": "float8_e4m3fn", "INT4": "int4", "FP4": "float4_e2m1"}
+           "INT8": "int8", "UINT8": "uint8", "BOOL": "bool", "FP8": "float8_e4m3fn", "INT4": "int4",
+           "FP4": "float4_e2m1"}
 # Lines the CPU-only parser adds to messages because no CUDA driver is present: noise, not the node's problem.
 _NOISE = ("catchCudaError", "cudaError 35")
 
@@ -31,8 +32,8 @@ class ParseResult:
 
     def table(self, flavor: str = "tensorrt-rtx") -> str:
         """A readable summary: status, then the parsed network's I/O or the errors by node."""
-        head = f"{flavor} parse: " + (f"ok, {self.num_layers} layers" if self.ok else f"FAILED, {len(self.errors)} error(s)")
-        lines = [head]
+        status = f"ok, {self.num_layers} layers" if self.ok else f"FAILED, {len(self.errors)} error(s)"
+        lines = [f"{flavor} parse: {status}"]
         for node, message in self.errors:
             lines.append(f"  {node or '<model>'}: {message}")
         for kind, items in (("input", self.inputs), ("output", self.outputs)):
@@ -103,7 +104,7 @@ def trt_parse(path: str | Path, flavor: str = "tensorrt-rtx") -> ParseResult:
     """Parse ``path`` into a strongly typed network; errors name the failing ONNX node."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path}: {'a folder, not an ONNX file' if path.is_dir() else 'no such file'}")
     trt = _import(flavor)
     logger = _logger(trt)
     builder = trt.Builder(logger)

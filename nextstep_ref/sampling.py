@@ -4,6 +4,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from nextstep_trt.errors import UserError
 
@@ -74,3 +75,55 @@ def cfg_at(cfg: float, token_index: int, n_tokens: int, schedule: CfgSchedule) -
     if schedule is CfgSchedule.CONSTANT:
         return cfg
     return 1.0 + (cfg - 1.0) * (n_tokens - token_index) / n_tokens
+
+
+# --- the sampler, written once for numpy arrays and torch tensors -----------------------------------------------------
+
+def _xp(x):
+    """The array module of ``x``: torch for tensors, numpy otherwise."""
+    if type(x).__module__.startswith("torch"):
+        import torch
+
+        return torch
+    import numpy
+
+    return numpy
+
+
+def combine_cfg(v, cfg, cfg_img=None):
+    """Velocities of R stacked branches [R*B,D] -> guided [B,D]; cfg, cfg_img are [B].
+
+    2-way (T2I):  v_u + cfg (v_c - v_u)
+    3-way (edit): v_u2 + cfg_img (v_u1 - v_u2) + cfg (v_c - v_u1)
+    """
+    rows = 2 if cfg_img is None else 3
+    branches = v.reshape(rows, -1, v.shape[-1])                               # [R,B,D]
+    if cfg_img is None:
+        v_c, v_u = branches[0], branches[1]
+        return v_u + cfg[:, None] * (v_c - v_u)
+    v_c, v_u1, v_u2 = branches[0], branches[1], branches[2]
+    return v_u2 + cfg_img[:, None] * (v_u1 - v_u2) + cfg[:, None] * (v_c - v_u1)
+
+
+def run_sampler(velocity_fn: Callable, noise, sampler: SamplerConfig, cfg, cfg_img=None,
+                norm: Callable | None = None):
+    """All sampler steps for one token: noise [N+1,B,D] -> token [B,D] (numpy or torch).
+
+    velocity_fn(x [R*B,D], step index) -> v [R*B,D]; ``norm`` is the token LayerNorm applied when
+    ``sampler.use_norm``. The SDE update x += ((1 + t) v - x) dt + sqrt(2 (1 - t) dt) xi is the official score
+    form (score = (t v - x) / (1 - t), drift = v + (1 - t) score) with the algebra done.
+    """
+    rows = 2 if cfg_img is None else 3
+    xp = _xp(noise)
+    x = noise[0]                                                              # [B,D]
+    for k, step in enumerate(sampler_steps(sampler)):
+        v = combine_cfg(velocity_fn(xp.tile(x, (rows, 1)), k), cfg, cfg_img)    # [B,D]
+        if step.stochastic:
+            x = x + ((1.0 + step.t) * v - x) * step.dt + sde_noise_scale(step) * noise[k + 1]
+        else:
+            x = x + step.dt * v
+    if sampler.use_norm:
+        if norm is None:
+            raise ValueError("use_norm needs a norm function")
+        x = norm(x)
+    return x
