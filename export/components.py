@@ -9,10 +9,9 @@ import torch
 
 from nextstep_ref.checkpoint import ModelBundle
 from nextstep_ref.sampler import sample_token
-from nextstep_ref.sampling import SamplerConfig, SamplerVariant
 
 from . import graphs
-from .profile import DeploymentProfile
+from .profile import DeploymentProfile, sampler_of
 from .spec import GraphSpec, kv_names
 
 Feeds = dict[str, np.ndarray]
@@ -22,12 +21,6 @@ Feeds = dict[str, np.ndarray]
 class Case:
     label: str
     feeds: Feeds
-
-
-def sampler_config(spec: GraphSpec) -> SamplerConfig:
-    """The sampler a head_sampler graph was exported with (from its spec attrs)."""
-    s = dict(spec.attrs["sampler"])
-    return SamplerConfig(**{**s, "variant": SamplerVariant(s["variant"])})
 
 
 def _run_module(module: torch.nn.Module, spec: GraphSpec, feeds: Feeds) -> Feeds:
@@ -83,7 +76,7 @@ def head_step_cases(bundle, spec, profile, rng) -> list[Case]:
 
 def head_sampler_cases(bundle, spec, profile, rng) -> list[Case]:
     cfg, r = bundle.config, spec.attrs["cfg_rows"]
-    steps = sampler_config(spec).steps
+    steps = sampler_of(spec).steps
     out = []
     for batch in (1, 4):
         feeds = {"cond": rng.standard_normal((r * batch, cfg.backbone.hidden_size)).astype(np.float32),
@@ -99,7 +92,7 @@ def head_sampler_reference(bundle, spec, feeds: Feeds) -> Feeds:
     """The reference sampler, step by step with full head calls (not the hoisted graph module)."""
     t = {k: torch.from_numpy(v) for k, v in feeds.items()}
     with torch.no_grad():
-        token = sample_token(bundle.model.image_head, t["cond"], t["noise"], sampler_config(spec), t["cfg"],
+        token = sample_token(bundle.model.image_head, t["cond"], t["noise"], sampler_of(spec), t["cfg"],
                              t.get("cfg_img"))
     return {"token": token.numpy()}
 
@@ -136,10 +129,10 @@ COMPONENTS: dict[str, Component] = {
     "backbone": Component("backbone", lambda b, s: graphs.BackboneGraph(b.model), backbone_cases),
     "head_step": Component("head_step", lambda b, s: graphs.HeadStepGraph(b.model.image_head), head_step_cases),
     "head_sampler": Component(
-        "head_sampler", lambda b, s: graphs.HeadSamplerGraph(b.model.image_head, sampler_config(s), edit=False),
+        "head_sampler", lambda b, s: graphs.HeadSamplerGraph(b.model.image_head, sampler_of(s), edit=False),
         head_sampler_cases, head_sampler_reference),
     "head_sampler_edit": Component(
-        "head_sampler_edit", lambda b, s: graphs.HeadSamplerGraph(b.model.image_head, sampler_config(s), edit=True),
+        "head_sampler_edit", lambda b, s: graphs.HeadSamplerGraph(b.model.image_head, sampler_of(s), edit=True),
         head_sampler_cases, head_sampler_reference),
     "vae_decoder": Component("vae_decoder", lambda b, s: graphs.VaeDecoderGraph(b.vae), vae_cases),
     "vae_encoder": Component("vae_encoder", lambda b, s: graphs.VaeEncoderGraph(b.vae), vae_cases),

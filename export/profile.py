@@ -76,6 +76,12 @@ class DeploymentProfile:
         return cls(**d)
 
 
+def sampler_of(spec: GraphSpec) -> SamplerConfig:
+    """The sampler a head_sampler graph was exported with (from its spec attrs)."""
+    s = dict(spec.attrs["sampler"])
+    return SamplerConfig(**{**s, "variant": SamplerVariant(s["variant"])})
+
+
 def _f32(name, *axes):
     return TensorSpec(name, "float32", tuple(axes))
 

@@ -11,7 +11,7 @@ from .latents import (from_model_space, image_to_uint8, patchify_latents, to_mod
                       uint8_to_image, unpatchify_latents)
 from .noise import NoiseSource, image_seeds
 from .options import EDIT_DEFAULTS, GenerationOptions
-from .prompt import PromptBatch, edit_prompt, text_to_image_prompt
+from .prompt import PromptBatch, edit_prompt, scatter_image_tokens, text_to_image_prompt
 from .sampler import sample_token
 from .sampling import cfg_at
 
@@ -88,17 +88,6 @@ def encode_image(bundle: ModelBundle, pixels: np.ndarray) -> np.ndarray:
     return patchify_latents(to_model_space(latents, cfg.vae), cfg.latent_patch_size)
 
 
-def edit_image_tokens(prompt: PromptBatch, image_tokens: np.ndarray) -> np.ndarray:
-    """Scatter the input image's tokens [B,N,D] into the placeholder slots of the image-carrying rows [R*B,L,D]."""
-    b = prompt.batch
-    out = np.zeros(prompt.input_ids.shape + (image_tokens.shape[-1],), dtype=np.float32)
-    for row in range(prompt.input_ids.shape[0]):
-        slots = np.flatnonzero(prompt.image_mask[row])
-        if slots.size:
-            out[row, slots] = image_tokens[row % b]
-    return out
-
-
 def _to_pil(pixels: np.ndarray) -> list:
     from PIL import Image
 
@@ -130,5 +119,5 @@ def edit_image(bundle: ModelBundle, image: np.ndarray, instruction: str | Sequen
     source = encode_image(bundle, np.repeat(image[None], batch.batch, axis=0))
     noise = NoiseSource(image_seeds(opts.seed, len(instructions), opts.images_per_prompt), opts.steps,
                         bundle.config.token_dim)
-    tokens = generate_tokens(bundle, batch, opts, noise, edit_image_tokens(batch, source), progress=progress)
+    tokens = generate_tokens(bundle, batch, opts, noise, scatter_image_tokens(batch, source), progress=progress)
     return _to_pil(decode_tokens(bundle, tokens, opts.height, opts.width))

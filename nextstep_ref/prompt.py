@@ -97,3 +97,16 @@ def edit_prompt(tokenizer, tokens: SpecialTokens, instructions: list[str], grid:
     uncond2 = _ids(tokenizer, negative or "") + suffix
     b = len(rows)
     return _pack(rows + [uncond1] * b + [uncond2] * b, tokens, 3, max_tokens)
+
+
+def scatter_image_tokens(prompt: PromptBatch, image_tokens: np.ndarray) -> np.ndarray:
+    """The input image's tokens [B,N,D] placed in the placeholder slots of the rows that carry it -> [R*B,L,D]."""
+    b = prompt.batch
+    out = np.zeros(prompt.input_ids.shape + (image_tokens.shape[-1],), dtype=np.float32)
+    for row in range(prompt.input_ids.shape[0]):
+        slots = np.flatnonzero(prompt.image_mask[row])
+        if slots.size:
+            if slots.size != image_tokens.shape[1]:
+                raise UserError(f"prompt row {row} has {slots.size} image slots for {image_tokens.shape[1]} tokens")
+            out[row, slots] = image_tokens[row % b]
+    return out

@@ -1,0 +1,167 @@
+"""The backend protocol: every backend runs the same graphs; the loop in ``runtime.loop`` is written once against it.
+
+A backend implements ``run(graph, feeds)`` (one graph call on host arrays). The KV cache bookkeeping, the fused
+sampler (or its per-step fallback through ``head_step``) and the VAE calls are shared here; a device backend
+(TensorRT) overrides the hot paths to keep tensors on the GPU. Torch-free.
+"""
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+from export.profile import sampler_of
+from export.spec import GraphSpec, kv_names
+from nextstep_ref.config import NextStepConfig
+from nextstep_ref.sampling import SamplerConfig, run_sampler, sampler_steps
+from nextstep_trt.errors import UserError
+
+Feeds = dict[str, np.ndarray]
+
+
+def layer_norm(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """No-affine LayerNorm over the last dim (the token norm), in numpy."""
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return ((x - mean) / np.sqrt(var + eps)).astype(x.dtype)
+
+
+def check_finite(array: np.ndarray, what: str, step: int | None = None) -> None:
+    """Stop on NaN/Inf and say where."""
+    if not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        at = f" at token {step}" if step is not None else ""
+        raise UserError(f"{bad} NaN/Inf value(s) in {what}{at}: the computation diverged")
+
+
+class HostKVCache:
+    """One [rows,KVH,C,D] buffer per layer and kind, preallocated once, plus the [rows,C] mask of valid slots."""
+
+    def __init__(self, cfg: NextStepConfig, rows: int, capacity: int, dtype=np.float32):
+        bb = cfg.backbone
+        shape = (rows, bb.num_kv_heads, capacity, bb.head_dim)
+        self.names = kv_names("past_key", bb.num_layers) + kv_names("past_value", bb.num_layers)
+        self.buffers = {n: np.zeros(shape, dtype=dtype) for n in self.names}
+        self.mask = np.zeros((rows, capacity), dtype=np.int64)
+        self.pos = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.mask.shape[1]
+
+    def reset(self) -> None:
+        self.mask[:] = 0
+        self.pos = 0
+
+    def feeds(self) -> Feeds:
+        return {"past_mask": self.mask, **self.buffers}
+
+    def write(self, outputs: Feeds, token_mask: np.ndarray) -> None:
+        """Store the new K/V of S tokens at the current position."""
+        s = token_mask.shape[1]
+        end = self.pos + s
+        if end > self.capacity:
+            raise UserError(f"KV cache overflow: {end} slots needed, capacity {self.capacity}")
+        for name in self.names:
+            self.buffers[name][:, :, self.pos:end] = outputs[name.replace("past_", "new_")]
+        self.mask[:, self.pos:end] = token_mask
+        self.pos = end
+
+
+class Backend(abc.ABC):
+    """Runs the exported graphs. Use as a context manager."""
+
+    name = "backend"
+
+    def __init__(self, config: NextStepConfig, specs: dict[str, GraphSpec]):
+        self.config, self.specs = config, specs
+        self.cache: HostKVCache | None = None
+        self.notices: list[str] = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        """Release sessions, engines and buffers."""
+
+    @abc.abstractmethod
+    def run(self, graph: str, feeds: Feeds) -> Feeds:
+        """One call of one graph on host arrays."""
+
+    def has(self, graph: str) -> bool:
+        return graph in self.specs
+
+    def spec(self, graph: str) -> GraphSpec:
+        if graph not in self.specs:
+            raise UserError(f"the {self.name} backend has no {graph} graph (have: {', '.join(self.specs)})")
+        return self.specs[graph]
+
+    # --- KV cache and backbone -------------------------------------------------------------------------------------
+
+    def max_capacity(self) -> int | None:
+        """Cache slots per row this backend supports (None: any)."""
+        spec = self.specs.get("backbone")
+        return spec.attrs.get("kv_capacity") if spec else None
+
+    def start(self, rows: int, needed: int) -> None:
+        """A fresh cache for ``rows`` rows that must hold ``needed`` tokens (prompt + image)."""
+        cap = self.max_capacity()
+        if cap is not None and needed > cap:
+            raise UserError(f"prompt + image need {needed} cache slots; the exported profile holds {cap} "
+                            "(shorten the prompt, lower the resolution, or re-export with a bigger profile)")
+        capacity = cap or needed
+        if self.cache is None or self.cache.mask.shape != (rows, capacity):
+            self.cache = HostKVCache(self.config, rows, capacity)
+        self.cache.reset()
+
+    def backbone(self, input_ids, image_tokens, image_mask, position_ids, token_mask) -> np.ndarray:
+        """Run the backbone on S new tokens per row against the cache; store their K/V; return cond [rows,H]."""
+        feeds = {"input_ids": input_ids, "image_tokens": image_tokens, "image_mask": image_mask,
+                 "position_ids": position_ids, "token_mask": token_mask, **self.cache.feeds()}
+        out = self.run("backbone", feeds)
+        self.cache.write(out, token_mask)
+        return out["cond"]
+
+    # --- head ------------------------------------------------------------------------------------------------------
+
+    def velocity(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray) -> np.ndarray:
+        """One head_step call: v [rows,D]."""
+        return self.run("head_step", {"x": x, "t": t, "cond": cond})["v"]
+
+    def fused_sampler(self, sampler: SamplerConfig, edit: bool) -> str | None:
+        """The fused sampler graph exported for exactly this sampler, if any."""
+        name = "head_sampler_edit" if edit else "head_sampler"
+        spec = self.specs.get(name)
+        return name if spec is not None and sampler_of(spec) == sampler else None
+
+    def sample(self, cond, noise, cfg, cfg_img, sampler: SamplerConfig) -> np.ndarray:
+        """One image token [B,D]: the fused graph when it matches ``sampler``, else N head_step calls."""
+        edit = cfg_img is not None
+        fused = self.fused_sampler(sampler, edit)
+        if fused is not None:
+            feeds = {"cond": cond, "noise": noise, "cfg": cfg} | ({"cfg_img": cfg_img} if edit else {})
+            return self.run(fused, feeds)["token"]
+        self._notice(f"no fused sampler for {sampler}; running head_step once per step")
+        grid = [s.t for s in sampler_steps(sampler)]
+
+        def velocity(x: np.ndarray, k: int) -> np.ndarray:
+            return self.velocity(x, np.full(x.shape[0], grid[k], np.float32), cond)
+
+        return run_sampler(velocity, noise, sampler, cfg, cfg_img, norm=layer_norm).astype(np.float32)
+
+    # --- VAE -------------------------------------------------------------------------------------------------------
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """VAE latents [B,z,h,w] -> image [B,3,8h,8w]."""
+        return self.run("vae_decoder", {"latents": latents})["image"]
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        """Image [B,3,H,W] in [-1,1] -> token-normed latents [B,z,H/8,W/8]."""
+        return self.run("vae_encoder", {"image": image})["latents"]
+
+    def _notice(self, text: str) -> None:
+        if text not in self.notices:
+            self.notices.append(text)

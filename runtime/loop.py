@@ -1,0 +1,113 @@
+"""The generation loop, written once against the backend protocol (torch-free).
+
+prompt -> prefill (every CFG row in one batch) -> per token: sampler call, decode step -> unpatchify -> VAE decode.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from nextstep_ref.latents import (from_model_space, image_to_uint8, patchify_latents, to_model_space, token_grid,
+                                  uint8_to_image, unpatchify_latents)
+from nextstep_ref.noise import NoiseSource, image_seeds
+from nextstep_ref.options import GenerationOptions
+from nextstep_ref.prompt import PromptBatch, edit_prompt, scatter_image_tokens, text_to_image_prompt
+from nextstep_ref.sampling import cfg_at
+
+from .backend import Backend, check_finite
+
+# callback(token index, tokens [B,D], cond [R*B,H] the sampler used)
+TokenCallback = Callable[[int, np.ndarray, np.ndarray], None]
+
+
+def _progress(n: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(range(n), desc="tokens", unit="tok", disable=not enabled, leave=False)
+
+
+def generate_tokens(backend: Backend, prompt: PromptBatch, opts: GenerationOptions, noise: NoiseSource,
+                    image_tokens: np.ndarray | None = None, progress: bool = False,
+                    callback: TokenCallback | None = None, forced: np.ndarray | None = None) -> np.ndarray:
+    """Tokens [B,N,D] in model space. ``forced`` [B,N,D] teacher-forces the tokens fed back (parity level 2)."""
+    cfg = backend.config
+    rows, b, length = prompt.input_ids.shape[0], prompt.batch, prompt.length
+    grid = token_grid(opts.height, opts.width, cfg.pixels_per_token)
+    n_tok = grid[0] * grid[1]
+    sampler = opts.sampler_config()
+    backend.start(rows, length + n_tok)
+    if image_tokens is None:
+        image_tokens = np.zeros((rows, length, cfg.token_dim), np.float32)
+    cond = backend.backbone(prompt.input_ids, image_tokens, prompt.image_mask, prompt.position_ids,
+                            prompt.token_mask)
+    cfg_img = np.full(b, opts.cfg_img, np.float32) if prompt.cfg_rows == 3 else None
+    step_ids = np.full((rows, 1), cfg.tokens.placeholder, np.int64)
+    ones = np.ones((rows, 1), np.int64)
+    tokens = []
+    for k in _progress(n_tok, progress):
+        check_finite(cond, "backbone.cond", k)
+        scale = np.full(b, cfg_at(opts.cfg, k, n_tok, opts.cfg_schedule), np.float32)
+        token = backend.sample(cond, noise.next(), scale, cfg_img, sampler)                     # [B,D]
+        check_finite(token, "sampler.token", k)
+        tokens.append(token)
+        if callback is not None:
+            callback(k, token, cond)
+        if k == n_tok - 1:
+            break
+        fed = token if forced is None else forced[:, k]
+        cond = backend.backbone(step_ids, np.tile(fed, (prompt.cfg_rows, 1))[:, None], ones.astype(bool),
+                                np.full((rows, 1), length + k, np.int64), ones)
+    return np.stack(tokens, axis=1)
+
+
+def decode_images(backend: Backend, tokens: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Tokens [B,N,D] in model space -> uint8 images [B,H,W,3]."""
+    cfg = backend.config
+    f = cfg.vae.downsample
+    latents = from_model_space(unpatchify_latents(tokens, height // f, width // f, cfg.latent_patch_size), cfg.vae)
+    image = backend.decode(np.ascontiguousarray(latents, dtype=np.float32))
+    check_finite(image, "vae_decoder.image")
+    return image_to_uint8(image)
+
+
+def encode_images(backend: Backend, pixels: np.ndarray) -> np.ndarray:
+    """uint8 [B,H,W,3] -> tokens [B,N,D] in model space."""
+    cfg = backend.config
+    latents = backend.encode(uint8_to_image(pixels))
+    check_finite(latents, "vae_encoder.latents")
+    return patchify_latents(to_model_space(latents, cfg.vae), cfg.latent_patch_size).astype(np.float32)
+
+
+@dataclass
+class Request:
+    """What one generate/edit call needs besides the backend."""
+
+    prompts: list[str]
+    opts: GenerationOptions
+    image: np.ndarray | None = None        # uint8 [H,W,3] for editing
+    seeds: list[int] | None = None         # one per image; default: opts.seed + image index, shared by prompts
+
+
+def build_prompt(tokenizer, backend: Backend, req: Request, max_tokens: int) -> PromptBatch:
+    cfg, opts = backend.config, req.opts
+    grid = token_grid(opts.height, opts.width, cfg.pixels_per_token)
+    make = text_to_image_prompt if req.image is None else edit_prompt
+    return make(tokenizer, cfg.tokens, req.prompts, grid, opts.positive_prompt, opts.negative_prompt,
+                opts.images_per_prompt, max_tokens)
+
+
+def run_request(backend: Backend, tokenizer, req: Request, progress: bool = False,
+                callback: TokenCallback | None = None, max_tokens: int | None = None) -> np.ndarray:
+    """Text-to-image or editing for every prompt x image: uint8 [B,H,W,3], prompt-major."""
+    opts = req.opts
+    prompt = build_prompt(tokenizer, backend, req, max_tokens or opts.max_prompt_tokens)
+    seeds = req.seeds or image_seeds(opts.seed, len(req.prompts), opts.images_per_prompt)
+    noise = NoiseSource(seeds, opts.steps, backend.config.token_dim)
+    image_tokens = None
+    if req.image is not None:
+        source = encode_images(backend, np.repeat(req.image[None], prompt.batch, axis=0))
+        image_tokens = scatter_image_tokens(prompt, source)
+    tokens = generate_tokens(backend, prompt, opts, noise, image_tokens, progress, callback)
+    return decode_images(backend, tokens, opts.height, opts.width)

@@ -1,0 +1,83 @@
+"""ONNX Runtime backend: one session per graph, IO binding, output buffers reused across steps (torch-free)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from export.manifest import Manifest
+from nextstep_trt.precision import Precision
+
+from .backend import Backend, Feeds
+from .ort_session import make_session
+
+
+class OrtBackend(Backend):
+    """Graphs of one precision from an artifacts folder. ``run`` returns views of reused output buffers, valid
+    until the next call of the same graph."""
+
+    name = "onnxruntime"
+
+    def __init__(self, artifacts: str | Path, precision: Precision = Precision.FP32, device: str = "cpu",
+                 threads: int = 0, profile_prefix: str | None = None):
+        self.manifest = Manifest.load(artifacts)
+        self.precision = Precision(precision)
+        specs = {g: self.manifest.spec(g, self.precision) for g in self.manifest.graphs
+                 if self.precision.value in self.manifest.data["graphs"][g]["precisions"]}
+        super().__init__(self.manifest.config, specs)
+        self.profile = self.manifest.profile
+        self.device, self.threads, self.profile_prefix = device, threads, profile_prefix
+        self._sessions: dict[str, object] = {}
+        self._bindings: dict[str, object] = {}
+        self._outputs: dict[tuple, np.ndarray] = {}
+
+    def session(self, graph: str):
+        """The graph's session, created on first use."""
+        if graph not in self._sessions:
+            self.spec(graph)
+            prefix = f"{self.profile_prefix}_{graph}" if self.profile_prefix else None
+            self._sessions[graph] = make_session(self.manifest.path(graph, self.precision), self.device,
+                                                 self.threads, prefix)
+            self._bindings[graph] = self._sessions[graph].io_binding()
+        return self._sessions[graph]
+
+    def _output_buffer(self, graph: str, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        key = (graph, name, shape)
+        if key not in self._outputs:
+            self._outputs[key] = np.empty(shape, dtype=dtype)
+        return self._outputs[key]
+
+    def run(self, graph: str, feeds: Feeds) -> Feeds:
+        spec = self.spec(graph)
+        spec.check_inputs(feeds)
+        session, binding = self.session(graph), self._bindings[graph]
+        sizes = {a: s for t in spec.inputs for a, s in zip(t.axes, feeds[t.name].shape) if isinstance(a, str)}
+        for t in spec.inputs:
+            binding.bind_cpu_input(t.name, np.ascontiguousarray(feeds[t.name]))
+        fixed: Feeds = {}
+        for t in spec.outputs:
+            if all(isinstance(a, int) or a in sizes for a in t.axes):
+                buf = self._output_buffer(graph, t.name, t.shape(sizes), t.np_dtype)
+                binding.bind_output(t.name, "cpu", 0, t.np_dtype, list(buf.shape), buf.ctypes.data)
+                fixed[t.name] = buf
+            else:
+                binding.bind_output(t.name, "cpu")
+        session.run_with_iobinding(binding)
+        if len(fixed) == len(spec.outputs):
+            return fixed
+        allocated = dict(zip(spec.output_names, binding.copy_outputs_to_cpu()))
+        return {n: fixed.get(n, allocated[n]) for n in spec.output_names}
+
+    def backbone(self, *args) -> np.ndarray:
+        return super().backbone(*args).copy()
+
+    def sample(self, *args) -> np.ndarray:
+        return super().sample(*args).copy()
+
+    def close(self) -> None:
+        if self.profile_prefix:
+            for s in self._sessions.values():
+                s.end_profiling()
+        self._sessions.clear()
+        self._bindings.clear()
+        self._outputs.clear()
