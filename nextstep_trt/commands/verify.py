@@ -1,0 +1,91 @@
+"""verify / record: three-level parity of a backend against the reference, live or from a golden folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nextstep_trt.errors import UserError
+
+HELP = {"verify": "check a backend's graphs and loop against the reference (levels 1-3)",
+        "record": "save the reference's graph and loop inputs/outputs to a golden folder"}
+
+
+def add_arguments(name: str, p) -> None:
+    if name == "record":
+        p.add_argument("--model", required=True, help="model folder")
+        p.add_argument("--out", required=True, help="golden folder to write")
+        p.add_argument("--artifacts", help="take the profile and graph list from this artifacts folder")
+        from nextstep_trt.commands.export import add_profile_arguments
+
+        add_profile_arguments(p)
+        return
+    p.add_argument("--artifacts", required=True, help="artifacts folder (manifest.json)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="model folder: compute the reference live with PyTorch")
+    src.add_argument("--golden", help="golden folder from `nextstep-trt record` (no PyTorch needed)")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--levels", default="1,2,3", help="comma-separated subset of 1,2,3")
+    p.add_argument("--report", help="write the full report as JSON")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="ONNX Runtime execution provider")
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(sorted({int(v) for v in text.split(",")}))
+    except ValueError:
+        levels = ()
+    if not levels or not set(levels) <= {1, 2, 3}:
+        raise UserError(f"--levels takes a subset of 1,2,3, got {text!r}")
+    return levels
+
+
+def _run_verify(args) -> int:
+    from nextstep_trt.fileio import write_json
+    from runtime.api import open_backend
+    from runtime.verify import verify_backend
+
+    levels = _levels(args.levels)
+    with open_backend(args.backend, args.model, args.artifacts, args.precision, args.device) as backend:
+        if args.golden:
+            from runtime.golden import GoldenReference
+
+            reference = GoldenReference(args.golden)
+            reference.check_model(backend.manifest.fingerprint)
+        else:
+            from nextstep_ref.checkpoint import load_model
+            from runtime.reference import LiveReference
+
+            reference = LiveReference(load_model(args.model), backend.manifest.profile)
+        report = verify_backend(backend, reference, args.precision, levels)
+    print(report.worst_per_graph().table())
+    print(f"{len(report.rows)} checks, {len(report.failures())} failed")
+    if args.report:
+        write_json(args.report, report.to_json())
+    report.raise_on_failure()
+    return 0
+
+
+def _run_record(args) -> int:
+    from export.manifest import Manifest
+    from export.profile import graph_specs
+    from nextstep_ref.checkpoint import load_model
+    from nextstep_trt.commands.export import profile_from_args
+    from runtime.golden import record
+    from runtime.reference import LiveReference
+
+    bundle = load_model(args.model)
+    if args.artifacts:
+        manifest = Manifest.load(args.artifacts)
+        manifest.check_model(bundle.config)
+        profile, names = manifest.profile, manifest.graphs
+    else:
+        profile, names = profile_from_args(args), None
+    specs = graph_specs(bundle.config, profile, *([names] if names else []))
+    meta = {"fingerprint": bundle.config.fingerprint(), "profile": profile.to_dict()}
+    record(LiveReference(bundle, profile), specs, Path(args.out), meta)
+    print(f"wrote golden folder {args.out}")
+    return 0
+
+
+def run(args) -> int:
+    return _run_record(args) if args.command == "record" else _run_verify(args)

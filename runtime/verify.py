@@ -1,0 +1,40 @@
+"""Run the three parity levels of a backend against a reference source (live torch or a golden folder)."""
+from __future__ import annotations
+
+import numpy as np
+
+from nextstep_ref.prompt import scatter_image_tokens
+from nextstep_trt.precision import Precision
+from nextstep_trt.report import CPU_FP16_NOTE, ParityReport
+
+from .backend import Backend
+from .loop import encode_images
+from .parity import compare_level1, compare_level2, compare_level3, run_trace
+
+
+def verify_backend(backend: Backend, reference, precision: Precision, levels=(1, 2, 3), log=print) -> ParityReport:
+    """``reference`` offers level1(spec), cases(), level2(case), level3(case)."""
+    precision = Precision(precision)
+    report = ParityReport()
+    if precision in (Precision.FP16, Precision.BF16, Precision.FP8) and backend.name == "onnxruntime":
+        report.notes.append(CPU_FP16_NOTE)
+    if 1 in levels:
+        for graph, spec in backend.specs.items():
+            for label, feeds, ref in reference.level1(spec):
+                report.extend(compare_level1(graph, precision, label, ref, backend.run(graph, feeds)))
+            log(f"level 1: {graph} checked")
+    for case in reference.cases() if {2, 3} & set(levels) else []:
+        if 2 in levels:
+            ref2 = reference.level2(case)
+            got2 = run_trace(backend, case, forced=ref2.tokens, image_tokens=case.image_tokens)
+            report.extend(compare_level2(case.label, precision, ref2, got2))
+        if 3 in levels:
+            ref3 = reference.level3(case)
+            image_tokens = None
+            if case.source_image is not None:
+                source = encode_images(backend, np.repeat(case.source_image, case.prompt.batch, axis=0))
+                image_tokens = scatter_image_tokens(case.prompt, source)
+            got3 = run_trace(backend, case, image_tokens=image_tokens, decode=True)
+            report.extend(compare_level3(case.label, precision, ref3, got3))
+        log(f"levels 2-3: {case.label} checked")
+    return report
