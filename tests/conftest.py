@@ -21,3 +21,26 @@ def tiny_bundle(tiny_dir):
     from nextstep_ref.checkpoint import load_model
 
     return load_model(tiny_dir)
+
+
+TEST_RESOLUTIONS = ((32, 32), (48, 32), (64, 64))
+
+
+def test_profile():
+    """The profile tests export with: the issue's resolutions, 3 sampler steps, batch up to 4."""
+    from export.profile import DeploymentProfile
+    from nextstep_ref.sampling import SamplerConfig
+
+    return DeploymentProfile(max_batch=4, max_text_tokens=16, resolutions=TEST_RESOLUTIONS,
+                             t2i_sampler=SamplerConfig(steps=3, shift=1.0, use_norm=True),
+                             edit_sampler=SamplerConfig(steps=3, shift=3.2, use_norm=True))
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tiny_dir, tiny_bundle, tmp_path_factory):
+    """Every fp32 graph of the tiny model, exported and validated once per session; yields (folder, report)."""
+    from export.run import ExportOptions, export_all
+
+    out = tmp_path_factory.mktemp("artifacts") / "art"
+    report = export_all(ExportOptions(tiny_dir, out, profile=test_profile()), tiny_bundle, log=lambda *_: None)
+    return out, report
