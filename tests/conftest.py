@@ -26,7 +26,7 @@ def tiny_bundle(tiny_dir):
 TEST_RESOLUTIONS = ((32, 32), (48, 32), (64, 64))
 
 
-def test_profile():
+def make_test_profile():
     """The profile tests export with: the issue's resolutions, 3 sampler steps, batch up to 4."""
     from export.profile import DeploymentProfile
     from nextstep_ref.sampling import SamplerConfig
@@ -42,5 +42,5 @@ def tiny_artifacts(tiny_dir, tiny_bundle, tmp_path_factory):
     from export.run import ExportOptions, export_all
 
     out = tmp_path_factory.mktemp("artifacts") / "art"
-    report = export_all(ExportOptions(tiny_dir, out, profile=test_profile()), tiny_bundle, log=lambda *_: None)
+    report = export_all(ExportOptions(tiny_dir, out, profile=make_test_profile()), tiny_bundle, log=lambda *_: None)
     return out, report

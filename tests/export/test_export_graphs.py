@@ -1,0 +1,111 @@
+"""Every fp32 graph of the tiny model: exported, validated against the reference, clean, parseable by TensorRT-RTX."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.lint import lint_model
+from export.manifest import Manifest
+from export.profile import GRAPHS
+from export.sizes import graph_weight_bytes
+from nextstep_ref.sampler import sample_token
+from runtime.ort_session import make_session
+
+
+def test_all_graphs_exported_and_recorded(tiny_artifacts):
+    art, report = tiny_artifacts
+    manifest = Manifest.load(art)
+    assert manifest.graphs == list(GRAPHS)
+    for g in GRAPHS:
+        entry = manifest.entry(g)
+        assert (art / entry["file"]).is_file() and entry["opset"] >= 17 and entry["validation"]["ok"]
+        model = onnx.load(art / entry["file"])
+        spec = manifest.spec(g)
+        assert [i.name for i in model.graph.input] == spec.input_names
+        assert [o.name for o in model.graph.output] == spec.output_names
+    assert report.ok and report.rows
+
+
+def test_validation_covers_the_required_shapes(tiny_artifacts):
+    _, report = tiny_artifacts
+    cases = {(r.graph, r.case) for r in report.rows}
+    bb = {c for g, c in cases if g == "backbone"}
+    for rows in (1, 4):
+        for seq, past in [(1, 0), (7, 0), (64, 0), (1, 1), (1, 40), (1, 79)]:   # max prompt 64, capacity 80
+            assert f"rows={rows} seq={seq} past={past}" in bb
+    for g in ("vae_decoder", "vae_encoder"):
+        for res in ("32x32", "48x32", "64x64"):
+            for b in (1, 4):
+                assert (g, f"batch={b} {res}") in cases
+    for g in ("head_sampler", "head_sampler_edit"):
+        assert {(g, "batch=1"), (g, "batch=4")} <= cases
+    worst = max(r.metrics.rel_l2 for r in report.rows if not r.graph.startswith("vae"))
+    assert worst <= 1e-6
+
+
+def test_fused_sampler_equals_stepwise_reference(tiny_artifacts, tiny_bundle):
+    """ORT's one-call sampler vs the reference sampler run step by step (full head call per step), same noise."""
+    art, _ = tiny_artifacts
+    manifest = Manifest.load(art)
+    from export.profile import sampler_of
+
+    for graph, rows in (("head_sampler", 2), ("head_sampler_edit", 3)):
+        spec = manifest.spec(graph)
+        rng = np.random.default_rng(5)
+        b = 3
+        feeds = {"cond": rng.standard_normal((rows * b, 64)).astype(np.float32),
+                 "noise": rng.standard_normal((4, b, 16)).astype(np.float32),
+                 "cfg": np.array([1.0, 2.5, 7.5], np.float32)}
+        if rows == 3:
+            feeds["cfg_img"] = np.array([1.0, 1.5, 2.0], np.float32)
+        got = make_session(manifest.path(graph)).run(None, feeds)[0]
+        t = {k: torch.from_numpy(v) for k, v in feeds.items()}
+        with torch.no_grad():
+            ref = sample_token(tiny_bundle.model.image_head, t["cond"], t["noise"], sampler_of(spec), t["cfg"],
+                               t.get("cfg_img")).numpy()
+        err = np.abs(got - ref).max()
+        assert err < 1e-5, f"{graph}: token max abs error {err:.3g} at {np.unravel_index(np.abs(got - ref).argmax(), ref.shape)}"
+
+
+def _initializer_bytes(path) -> int:
+    model = onnx.load(path)
+    return sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+
+
+def test_sampler_stores_head_weights_once(tiny_artifacts):
+    art, _ = tiny_artifacts
+    from conftest import make_test_profile
+    from nextstep_ref.config import tiny
+
+    expected = graph_weight_bytes(tiny(), make_test_profile())
+    for g in GRAPHS:
+        got = _initializer_bytes(art / "fp32" / f"{g}.onnx")
+        # small extra constants (shape tensors, rope frequencies) only; never N copies of the head
+        assert expected[g] <= got <= expected[g] * 1.05 + 4096, (g, got, expected[g])
+
+
+def test_graphs_are_lint_clean_and_parse_in_tensorrt_rtx(tiny_artifacts):
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed")
+    from export.trt_check import trt_parse
+
+    art, _ = tiny_artifacts
+    manifest = Manifest.load(art)
+    for g in GRAPHS:
+        path = manifest.path(g)
+        findings = lint_model(path, manifest.spec(g), manifest.data["graphs"][g]["export_sizes"])
+        assert not [f for f in findings if f.severity == "error"], (g, findings)
+        result = trt_parse(path)
+        assert result.ok, (g, result.errors)
+        assert [i[0] for i in result.inputs] == manifest.spec(g).input_names
+        assert manifest.entry(g)["trt_parse"]["ok"]
+
+
+def test_no_control_flow_and_no_trivial_export_dims(tiny_artifacts):
+    art, _ = tiny_artifacts
+    manifest = json.loads((art / "manifest.json").read_text())
+    for g, entry in manifest["graphs"].items():
+        assert min(entry["export_sizes"].values()) >= 2, g
+        model = onnx.load(art / entry["precisions"]["fp32"]["file"])
+        assert not {n.op_type for n in model.graph.node} & {"If", "Loop", "Scan"}, g
