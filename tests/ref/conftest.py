@@ -6,7 +6,7 @@ import torch
 
 
 def max_error(got: torch.Tensor, want: torch.Tensor, mask: torch.Tensor | None = None):
-    """(max abs error, index of the worst element) over the elements where mask (broadcast over trailing dims) is set."""
+    """(max abs error, index of the worst element) where mask (broadcast over trailing dims) is set."""
     assert got.shape == want.shape, f"shape {tuple(got.shape)} != {tuple(want.shape)}"
     err = (got.double() - want.double()).abs()
     err = torch.where(torch.isnan(err), torch.full_like(err, float("inf")), err)  # NaN counts as a failure

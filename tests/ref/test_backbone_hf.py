@@ -56,7 +56,7 @@ def pair(tiny_random):
     return cfg, model, hf
 
 
-def left_padded(lengths, vocab, pad_id, seed=0):
+def left_padded(lengths, pad_id, seed=0):
     gen = torch.Generator().manual_seed(seed)
     length = max(lengths)
     ids = torch.full((len(lengths), length), pad_id, dtype=torch.int64)
@@ -91,7 +91,7 @@ def run_hf(hf, ids, mask, positions):
 @pytest.mark.parametrize("lengths", [(7, 4, 1), (6, 6)], ids=["left-padded", "no-padding"])
 def test_backbone_matches_qwen2(pair, lengths, assert_close):
     cfg, model, hf = pair
-    ids, mask, positions = left_padded(lengths, cfg.backbone.vocab_size, cfg.tokens.pad)
+    ids, mask, positions = left_padded(lengths, cfg.tokens.pad)
     h, logits = run_ours(model, cfg, ids, mask, positions)
     out, last_hidden = run_hf(hf, ids, mask, positions)
 
@@ -111,7 +111,7 @@ def test_backbone_matches_qwen2(pair, lengths, assert_close):
 def test_left_pad_row_equals_unpadded_row(pair, assert_close):
     """The 4-token row inside the padded batch equals the same 4 tokens alone (RoPE is relative)."""
     cfg, model, hf = pair
-    ids, mask, positions = left_padded((7, 4, 1), cfg.backbone.vocab_size, cfg.tokens.pad)
+    ids, mask, positions = left_padded((7, 4, 1), cfg.tokens.pad)
     h, _ = run_ours(model, cfg, ids, mask, positions)
     alone_ids = ids[1:2, 3:]
     h_alone, _ = run_ours(model, cfg, alone_ids, torch.ones_like(alone_ids), torch.arange(4)[None])
@@ -121,7 +121,7 @@ def test_left_pad_row_equals_unpadded_row(pair, assert_close):
 def test_parity_check_detects_a_wrong_weight(pair):
     """The comparison is sensitive: perturbing one q_proj bias in the HF copy breaks it."""
     cfg, model, hf = pair
-    ids, mask, positions = left_padded((7, 4, 1), cfg.backbone.vocab_size, cfg.tokens.pad)
+    ids, mask, positions = left_padded((7, 4, 1), cfg.tokens.pad)
     h, _ = run_ours(model, cfg, ids, mask, positions)
     bias = hf.model.layers[1].self_attn.q_proj.bias
     saved = bias.detach().clone()

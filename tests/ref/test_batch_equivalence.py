@@ -43,3 +43,16 @@ def test_same_seed_different_prompt_differs(tiny_bundle):
     opts = GenerationOptions(height=32, width=32, steps=3, cfg=2.0, use_norm=False)
     _, tokens = run(tiny_bundle, PROMPTS, [5, 5], opts)
     assert np.abs(tokens[0] - tokens[1]).max() > 1e-3
+
+
+def test_noise_depends_only_on_seed():
+    """An image's noise comes from its own seed, whatever else shares the batch; prompts share per-image seeds."""
+    from nextstep_ref.noise import image_seeds
+
+    assert image_seeds(42, 2, 3) == [42, 43, 44, 42, 43, 44]
+    together, alone = NoiseSource([5, 6], 3, 16), NoiseSource([6], 3, 16)
+    for _ in range(3):
+        a, b = together.next(), alone.next()
+        assert a.shape == (4, 2, 16) and a.dtype == np.float32
+        assert np.array_equal(a[:, 1], b[:, 0])
+        assert not np.array_equal(a[:, 0], a[:, 1])

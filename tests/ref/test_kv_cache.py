@@ -1,6 +1,7 @@
 """KV-cached decoding equals one full forward over the whole sequence (prompt + 20 image tokens), <= 1e-5."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from nextstep_ref.backbone import KVCache
@@ -81,3 +82,49 @@ def test_cache_write_and_overflow(tiny_random):
         assert "overflow" in str(err)
     else:
         raise AssertionError("writing past the capacity must fail")
+
+
+@pytest.mark.parametrize("edit", [False, True], ids=["t2i", "edit"])
+def test_pipeline_equals_uncached_recomputation(tiny_bundle, edit, assert_close):
+    """generate_tokens (KV cache, decode positions L+k, tokens fed to every branch) equals recomputing every
+    condition from scratch over prompt + tokens so far; for editing also with the input image in the prompt."""
+    import numpy as np
+
+    from nextstep_ref.noise import NoiseSource
+    from nextstep_ref.options import GenerationOptions
+    from nextstep_ref.pipeline import generate_tokens
+    from nextstep_ref.prompt import edit_prompt, scatter_image_tokens, text_to_image_prompt
+    from nextstep_ref.sampler import sample_token
+
+    cfg, model = tiny_bundle.config, tiny_bundle.model
+    opts = GenerationOptions(height=32, width=48, steps=2, cfg=3.0, cfg_img=1.5, use_norm=True)
+    make = edit_prompt if edit else text_to_image_prompt
+    batch = make(tiny_bundle.tokenizer, cfg.tokens, ["a cat", "a red sofa in the room"], (2, 3))
+    rows, length, d, r = batch.input_ids.shape[0], batch.length, cfg.token_dim, batch.cfg_rows
+    prefill = np.zeros((rows, length, d), dtype=np.float32)
+    if edit:
+        source = np.random.default_rng(3).standard_normal((2, 6, d)).astype(np.float32)
+        prefill = scatter_image_tokens(batch, source)
+        assert np.abs(prefill).sum() > 0
+    got = generate_tokens(tiny_bundle, batch, opts, NoiseSource([1, 2], opts.steps, cfg.token_dim), prefill)
+
+    noise = NoiseSource([1, 2], opts.steps, cfg.token_dim)
+    b = cfg.backbone
+    tokens = []
+    with torch.no_grad():
+        for k in range(6):
+            ids = torch.cat([torch.from_numpy(batch.input_ids), torch.full((rows, k), cfg.tokens.placeholder)], 1)
+            fed = torch.stack(tokens, 1).repeat(r, 1, 1) if tokens else torch.zeros(rows, 0, d)
+            image = torch.cat([torch.from_numpy(prefill), fed], 1)
+            image_mask = torch.cat([torch.from_numpy(batch.image_mask), torch.ones(rows, k, dtype=torch.bool)], 1)
+            mask = torch.cat([torch.from_numpy(batch.token_mask), torch.ones(rows, k, dtype=torch.int64)], 1)
+            past = [(torch.zeros(rows, b.num_kv_heads, 0, b.head_dim),) * 2 for _ in range(b.num_layers)]
+            h, _ = model.run_layers(model.embed(ids, image, image_mask), torch.arange(length + k).expand(rows, -1),
+                                    mask, torch.zeros(rows, 0, dtype=torch.int64), past)
+            cond = model.image_out_projector(h[:, -1])
+            tokens.append(sample_token(model.image_head, cond, torch.from_numpy(noise.next()), opts.sampler_config(),
+                                       torch.full((2,), 3.0), torch.full((2,), 1.5) if edit else None))
+    want = torch.stack(tokens, 1)
+    assert got.shape == (2, 6, d)
+    assert_close("pipeline tokens (cached vs recomputed)", torch.from_numpy(np.asarray(got)), want, TOL,
+                 dims=("image", "token", "feature"))

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from nextstep_ref.head import FlowMatchingHead
+from nextstep_ref.head import FlowMatchingHead, token_norm
 from nextstep_ref.sampler import combine_cfg, run_sampler, sample_token
 from nextstep_ref.sampling import CfgSchedule, SamplerConfig, SamplerVariant, cfg_at
 
@@ -53,37 +54,43 @@ def hand_sampler(variant, n, shift, xi: list[float], g, g_img=None) -> float:
     return x
 
 
-def torch_velocity(rows: int, calls: list):
+def branch_velocity(rows: int, calls: list):
+    """velocity_fn for run_sampler (numpy or torch): branch r of the stacked x gets v = A[r] x + B[r]."""
     names = ["c", "u", "u2"][:rows]
 
     def fn(x, k):
         calls.append(k)
-        chunks = x.chunk(rows)
+        chunks = [x[i * (x.shape[0] // rows):(i + 1) * (x.shape[0] // rows)] for i in range(rows)]
         for c in chunks[1:]:
-            assert torch.equal(c, chunks[0]), "every branch must see the same x"
-        return torch.cat([A[n] * c + B[n] for n, c in zip(names, chunks)])
+            assert (c == chunks[0]).all(), "every branch must see the same x"
+        out = [A[n] * c + B[n] for n, c in zip(names, chunks)]
+        return torch.cat(out) if isinstance(x, torch.Tensor) else np.concatenate(out)
     return fn
 
 
 NOISE = [[0.3, -1.2], [1.1, 0.4], [-0.7, 0.9], [0.2, -0.5]]  # [slot][row], D = 1
 
 
+@pytest.mark.parametrize("kind", ["torch", "numpy"])
 @pytest.mark.parametrize("variant,n,shift", [("hf", 2, 1.0), ("hf", 2, 3.0), ("gh", 3, 1.0), ("gh", 3, 3.0),
                                              ("gh", 2, 1.0)])
 @pytest.mark.parametrize("edit", [False, True], ids=["2-way", "3-way"])
-def test_run_sampler_hand_computed(variant, n, shift, edit):
+def test_run_sampler_hand_computed(variant, n, shift, edit, kind):
     g = [2.0, 4.5]
     g_img = [1.5, 2.0] if edit else None
-    noise = torch.tensor(NOISE[:n + 1], dtype=torch.float64)[..., None]       # [N+1,B,1]
+    arr = (lambda v: torch.tensor(v, dtype=torch.float64)) if kind == "torch" else (lambda v: np.array(v, np.float64))
+    noise = arr(NOISE[:n + 1])[..., None]                                     # [N+1,B,1]
     sampler = SamplerConfig(steps=n, shift=shift, variant=SamplerVariant(variant))
     calls = []
-    out = run_sampler(torch_velocity(3 if edit else 2, calls), noise, sampler, torch.tensor(g, dtype=torch.float64),
-                      None if g_img is None else torch.tensor(g_img, dtype=torch.float64))
+    out = run_sampler(branch_velocity(3 if edit else 2, calls), noise, sampler, arr(g),
+                      None if g_img is None else arr(g_img))
     assert calls == list(range(n))  # N velocity evaluations, in order
+    assert tuple(out.shape) == (2, 1)
     for row in range(2):
         want = hand_sampler(variant, n, shift, [s[row] for s in NOISE[:n + 1]], g[row],
                             None if g_img is None else g_img[row])
-        assert abs(float(out[row, 0]) - want) < 1e-12, f"{variant} N={n} s={shift} row {row}: {float(out[row, 0])} != {want}"
+        got = float(out[row, 0])
+        assert abs(got - want) < 1e-12, f"{variant} N={n} shift={shift} row {row}: {got} != {want} (hand)"
 
 
 def test_hand_numbers_two_step_hf_shift1():
@@ -108,16 +115,25 @@ def test_run_sampler_deterministic():
     assert not torch.equal(a, c)
 
 
+def hand_layer_norm(values: list[float]) -> list[float]:
+    mu = sum(values) / len(values)
+    var = sum((r - mu) ** 2 for r in values) / len(values)
+    return [(r - mu) / math.sqrt(var + 1e-6) for r in values]
+
+
 def test_use_norm_is_layer_norm_without_affine():
     noise = torch.tensor([[[0.5, -1.0, 2.0, 0.25]], [[0.1, 0.2, -0.3, 0.4]]], dtype=torch.float64)  # [2,1,4]
-    sampler = SamplerConfig(steps=1, shift=1.0, use_norm=True)
-    out = run_sampler(torch_velocity(2, []), noise, sampler, torch.tensor([3.0], dtype=torch.float64))
     raw = [hand_sampler("hf", 1, 1.0, [noise[0, 0, i].item(), noise[1, 0, i].item()], 3.0) for i in range(4)]
-    mu = sum(raw) / 4
-    var = sum((r - mu) ** 2 for r in raw) / 4
-    want = [(r - mu) / math.sqrt(var + 1e-6) for r in raw]
+    want = hand_layer_norm(raw)
+    assert max(abs(a - b) for a, b in zip(raw, want)) > 0.1  # the norm changes the numbers
+    out = run_sampler(branch_velocity(2, []), noise, SamplerConfig(steps=1, shift=1.0, use_norm=True),
+                      torch.tensor([3.0], dtype=torch.float64), norm=token_norm)
     for i in range(4):
         assert abs(float(out[0, i]) - want[i]) < 1e-9, (i, float(out[0, i]), want[i])
+    # the reference token_norm itself: no affine, eps 1e-6, biased variance
+    x = [3.0, -1.0, 0.5, 0.0]
+    got = token_norm(torch.tensor([x], dtype=torch.float64))[0].tolist()
+    assert max(abs(a - b) for a, b in zip(got, hand_layer_norm(x))) < 1e-12
 
 
 def test_combine_cfg_hand_numbers():
@@ -150,17 +166,27 @@ class FakeHead(torch.nn.Module):
         return 0.5 * x + 2.0 * t[:, None].to(x.dtype) + c[:, :1]
 
 
-def test_sample_token_passes_time_grid_and_conditions():
+@pytest.mark.parametrize("use_norm", [False, True])
+def test_sample_token_passes_time_grid_and_conditions(use_norm):
     cond = torch.tensor([[0.3, 9.0], [-0.2, 9.0]], dtype=torch.float64)        # [cond | uncond], B = 1
-    noise = torch.tensor([[[0.4]], [[-0.8]], [[1.3]]], dtype=torch.float64)    # N = 2
-    out = sample_token(FakeHead(), cond, noise, SamplerConfig(steps=2, shift=3.0), torch.tensor([2.5]))
+    xi = [[0.4, -1.0, 2.0], [-0.8, 0.1, 0.6], [1.3, -0.4, 0.2]]                  # [slot][feature], N = 2
+    noise = torch.tensor(xi, dtype=torch.float64)[:, None]                     # [3,1,3]
+    out = sample_token(FakeHead(), cond, noise, SamplerConfig(steps=2, shift=3.0, use_norm=use_norm),
+                       torch.tensor([2.5]))
     ts, dts = hand_grid("hf", 2, 3.0)
-    x = 0.4
-    for k, (t, dt) in enumerate(zip(ts, dts)):
-        vc, vu = 0.5 * x + 2 * t + 0.3, 0.5 * x + 2 * t - 0.2
-        v = vu + 2.5 * (vc - vu)
-        x = x + (v + (1 - t) * (t * v - x) / (1 - t)) * dt + math.sqrt(2 * (1 - t) * dt) * [-0.8, 1.3][k]
-    assert abs(float(out[0, 0]) - x) < 1e-12
+    want = []
+    for i in range(3):
+        x = xi[0][i]
+        for k, (t, dt) in enumerate(zip(ts, dts)):
+            vc, vu = 0.5 * x + 2 * t + 0.3, 0.5 * x + 2 * t - 0.2
+            v = vu + 2.5 * (vc - vu)
+            x = x + (v + (1 - t) * (t * v - x) / (1 - t)) * dt + math.sqrt(2 * (1 - t) * dt) * xi[k + 1][i]
+        want.append(x)
+    if use_norm:
+        want = hand_layer_norm(want)
+    assert out.shape == (1, 3)
+    for i in range(3):
+        assert abs(float(out[0, i]) - want[i]) < 1e-9, (i, float(out[0, i]), want[i])
 
 
 def test_sample_token_with_real_head(tiny_random):
