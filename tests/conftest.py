@@ -37,6 +37,12 @@ def make_test_profile():
 
 
 @pytest.fixture(scope="session")
+def tiny_profile():
+    """The DeploymentProfile the session's artifacts were exported with."""
+    return make_test_profile()
+
+
+@pytest.fixture(scope="session")
 def tiny_artifacts(tiny_dir, tiny_bundle, tmp_path_factory):
     """Every fp32 graph of the tiny model, exported and validated once per session; yields (folder, report)."""
     from export.run import ExportOptions, export_all

@@ -74,12 +74,11 @@ def _initializer_bytes(path) -> int:
     return sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
 
 
-def test_sampler_stores_head_weights_once(tiny_artifacts):
+def test_sampler_stores_head_weights_once(tiny_artifacts, tiny_profile):
     art, _ = tiny_artifacts
-    from conftest import make_test_profile
     from nextstep_ref.config import tiny
 
-    expected = graph_weight_bytes(tiny(), make_test_profile())
+    expected = graph_weight_bytes(tiny(), tiny_profile)
     for g in GRAPHS:
         got = _initializer_bytes(art / "fp32" / f"{g}.onnx")
         # small extra constants (shape tensors, rope frequencies) only; never N copies of the head

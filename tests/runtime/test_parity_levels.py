@@ -9,12 +9,10 @@ from runtime.verify import verify_backend
 
 
 @pytest.fixture(scope="module")
-def parity(tiny_artifacts, tiny_bundle):
-    from conftest import make_test_profile
-
+def parity(tiny_artifacts, tiny_bundle, tiny_profile):
     art, _ = tiny_artifacts
     with OrtBackend(art) as backend:
-        return verify_backend(backend, LiveReference(tiny_bundle, make_test_profile()), "fp32", log=lambda *_: None)
+        return verify_backend(backend, LiveReference(tiny_bundle, tiny_profile), "fp32", log=lambda *_: None)
 
 
 def test_every_level_passes(parity):
@@ -46,10 +44,8 @@ def test_level3_images(parity):
         assert psnr >= 60 and r.extra["first_divergent_token"] is None, r.extra
 
 
-def test_a_broken_graph_is_caught_and_named(tiny_artifacts, tiny_bundle):
+def test_a_broken_graph_is_caught_and_named(tiny_artifacts, tiny_bundle, tiny_profile):
     """The harness can fail: perturb one backbone output and level 1/2/3 all report it."""
-    from conftest import make_test_profile
-
     art, _ = tiny_artifacts
 
     class Skewed(OrtBackend):
@@ -60,7 +56,7 @@ def test_a_broken_graph_is_caught_and_named(tiny_artifacts, tiny_bundle):
             return out
 
     with Skewed(art) as backend:
-        report = verify_backend(backend, LiveReference(tiny_bundle, make_test_profile()), "fp32",
+        report = verify_backend(backend, LiveReference(tiny_bundle, tiny_profile), "fp32",
                                 log=lambda *_: None)
     bad = report.failures()
     assert {r.level for r in bad} >= {1, 2}
