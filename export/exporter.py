@@ -19,19 +19,22 @@ PROTOBUF_LIMIT = 2**31 - 2**20  # stay clear of protobuf's 2 GB ceiling
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
-def _torch_dims(spec: GraphSpec, sizes: dict[str, int]) -> dict[str, object]:
-    """One torch.export Dim per named dim; derived dims are multiples of their base dim."""
+def _torch_dims(spec: GraphSpec) -> dict[str, object]:
+    """One torch.export Dim per named dim whose range is not a single size (those are exported static);
+    derived dims are multiples of their base dim."""
     env, derived = spec.envelope(), spec.attrs.get("derived", {})
-    dims = {n: torch.export.Dim(n, min=d.min, max=d.max) for n, d in env.items() if n not in derived}
+    dims = {n: torch.export.Dim(n, min=d.min, max=d.max) for n, d in env.items()
+            if n not in derived and d.min < d.max}
     for name, (base, factor) in derived.items():
-        dims[name] = factor * dims[base]
+        if base in dims:
+            dims[name] = factor * dims[base]
     return dims
 
 
-def dynamic_shapes(module: torch.nn.Module, spec: GraphSpec, sizes: dict[str, int]) -> tuple:
+def dynamic_shapes(module: torch.nn.Module, spec: GraphSpec) -> tuple:
     """Per-argument {axis: Dim}, grouped like forward's signature (a *args tail becomes one tuple)."""
-    dims = _torch_dims(spec, sizes)
-    per_input = [{i: dims[a] for i, a in enumerate(t.axes) if isinstance(a, str)} or None for t in spec.inputs]
+    dims = _torch_dims(spec)
+    per_input = [{i: dims[a] for i, a in enumerate(t.axes) if a in dims} or None for t in spec.inputs]
     params = list(inspect.signature(module.forward).parameters.values())
     if params and params[-1].kind is inspect.Parameter.VAR_POSITIONAL:
         fixed = len(params) - 1
@@ -46,14 +49,16 @@ def example_args(spec: GraphSpec, sizes: dict[str, int], dtype: torch.dtype = to
 
 
 def _name_output_dims(model: onnx.ModelProto, spec: GraphSpec) -> None:
-    """Give graph outputs the spec's dim names (the exporter invents names like 's0*8')."""
+    """Give graph outputs the spec's dim names (the exporter invents names like 's0*8'); single-size dims are
+    written as numbers."""
+    env = spec.envelope()
     for out in model.graph.output:
         axes = spec.tensor(out.name).axes
         for dim, axis in zip(out.type.tensor_type.shape.dim, axes):
-            if isinstance(axis, str):
+            if isinstance(axis, str) and env[axis].min < env[axis].max:
                 dim.dim_param = axis
             else:
-                dim.dim_value = axis
+                dim.dim_value = env[axis].min if isinstance(axis, str) else axis
 
 
 def dedupe_initializers(model: onnx.ModelProto) -> int:
@@ -98,7 +103,7 @@ def trace(module: torch.nn.Module, spec: GraphSpec, opset: int = OPSET,
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module.eval(), example_args(spec, sizes, dtype), dynamo=True,
-                                    dynamic_shapes=dynamic_shapes(module, spec, sizes),
+                                    dynamic_shapes=dynamic_shapes(module, spec),
                                     input_names=spec.input_names, output_names=spec.output_names,
                                     opset_version=opset, optimize=True, verbose=False)
     model = program.model_proto

@@ -261,7 +261,7 @@ def _missing_external_files(graph: onnx.GraphProto, base_dir: Path | None) -> li
 
 
 def _against_spec(graph: onnx.GraphProto, spec: GraphSpec) -> list[Finding]:
-    out = []
+    out, env = [], spec.envelope()
     for kind, values, tensors in (("input", graph_inputs(graph), spec.inputs), ("output", graph.output, spec.outputs)):
         onnx_io = {vi.name: vi for vi in values}
         wanted = {t.name for t in tensors}
@@ -271,11 +271,11 @@ def _against_spec(graph: onnx.GraphProto, spec: GraphSpec) -> list[Finding]:
                 for name in onnx_io if name not in wanted]
         for t in tensors:
             if t.name in onnx_io:
-                out += _tensor_against_spec(onnx_io[t.name], t, kind)
+                out += _tensor_against_spec(onnx_io[t.name], t, kind, env)
     return out
 
 
-def _tensor_against_spec(vi: onnx.ValueInfoProto, t, kind: str) -> list[Finding]:
+def _tensor_against_spec(vi: onnx.ValueInfoProto, t, kind: str, env: dict) -> list[Finding]:
     tt = vi.type.tensor_type
     out = []
     dtype = dtype_name(tt.elem_type)
@@ -291,6 +291,8 @@ def _tensor_against_spec(vi: onnx.ValueInfoProto, t, kind: str) -> list[Finding]
     for axis, (d, want) in enumerate(zip(dims, t.axes)):
         if d.WhichOneof("value") != "dim_value":
             continue
+        if isinstance(want, str) and env[want].min == env[want].max == d.dim_value:
+            continue  # the profile allows one size only: exported static on purpose
         if isinstance(want, str):
             out.append(Finding("error", "dim-specialized", t.name, f"axis {axis} ({want!r}) fixed to {d.dim_value}; "
                                "the spec declares it dynamic: dim specialized at export"))

@@ -63,7 +63,8 @@ class Manifest:
         """The existing manifest if it is for the same model and profile, else a fresh one."""
         try:
             old = cls.load(root)
-            if old.fingerprint == cfg.fingerprint() and old.data["profile"] == profile.to_dict():
+            same_profile = old.data["profile"] == json.loads(json.dumps(profile.to_dict()))  # tuples read back as lists
+            if old.fingerprint == cfg.fingerprint() and same_profile:
                 return old
         except UserError:
             pass
@@ -103,6 +104,15 @@ class Manifest:
             raise UserError(f"{self.root} has no {Precision(precision).value} {graph} graph "
                             f"(have: {', '.join(g['precisions'])})")
         return p
+
+    def graph_precisions(self, precision: Precision) -> dict[str, Precision]:
+        """Each graph at ``precision`` where that graph was made, else at fp32 (e.g. the VAE has no fp8 graph)."""
+        p = Precision(precision)
+        out = {g: p if p.value in e["precisions"] else Precision.FP32 for g, e in self.data["graphs"].items()
+               if p.value in e["precisions"] or Precision.FP32.value in e["precisions"]}
+        if p not in out.values():
+            raise UserError(f"{self.root} has no {p.value} graph (run `nextstep-trt quantize --precision {p.value}`)")
+        return out
 
     def spec(self, graph: str, precision: Precision = Precision.FP32) -> GraphSpec:
         """The graph's spec, with the precision graph's I/O dtypes if they differ."""

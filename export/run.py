@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from nextstep_ref.checkpoint import ModelBundle, load_model
 from nextstep_trt.errors import UserError
@@ -30,6 +31,8 @@ class ExportOptions:
     validate: bool = True
     external_data: bool | None = None        # None: only when a graph is over 2 GB
     opset: int = OPSET
+    low_memory: bool = False                 # meta-device tracing, weights streamed into external data (lowmem.py)
+    dtype: Precision = Precision.FP32        # weight dtype of the graphs; bf16 needs low_memory
 
 
 def check_writable(out_dir: Path) -> None:
@@ -45,28 +48,42 @@ def check_writable(out_dir: Path) -> None:
 def _install(files: list[Path], dest_dir: Path) -> list[Path]:
     """Move validated files into place, data before the graph that points at it."""
     dest_dir.mkdir(parents=True, exist_ok=True)
-    out = []
-    for f in sorted(files, key=lambda p: p.suffix != ".data"):
+    for f in sorted(files, key=lambda p: p.suffix == ".onnx"):
         os.replace(f, dest_dir / f.name)
-        out.append(dest_dir / f.name)
-    return out
+    return [dest_dir / f.name for f in files]
 
 
 def export_graph(bundle: ModelBundle, spec: GraphSpec, opts: ExportOptions, manifest: Manifest) -> ParityReport:
-    """Trace, save into a scratch folder, validate, then install; a failing graph never replaces a good one."""
+    """Trace, then write, validate and install the graph (see ``install_graph``)."""
     module = COMPONENTS[spec.name].module(bundle, spec)
     model, sizes, seconds = trace(module, spec, opts.opset)
+    holder = [model]                         # popped by write(), so the proto is freed once saved
+    del model
+
+    def write(scratch: Path) -> list[Path]:
+        return save(holder.pop(), scratch / f"{spec.name}.onnx", opts.external_data)
+
+    def validate(path: Path) -> ParityReport:
+        return validate_graph(bundle, spec, path, opts.profile) if opts.validate else ParityReport()
+
+    return install_graph(spec, sizes, seconds, write, validate, opts, manifest)
+
+
+def install_graph(spec: GraphSpec, sizes: dict[str, int], seconds: float, write: Callable[[Path], list[Path]],
+                  validate: Callable[[Path], ParityReport], opts: ExportOptions, manifest: Manifest,
+                  precision: Precision = Precision.FP32, extra: dict | None = None,
+                  trt_parse: bool = True) -> ParityReport:
+    """Write into a scratch folder, lint, validate, then install; a failing graph never replaces a good one."""
     scratch = Path(tempfile.mkdtemp(prefix=f".export-{spec.name}-", dir=opts.out_dir))
     try:
-        files = save(model, scratch / f"{spec.name}.onnx", opts.external_data)
-        del model
+        files = write(scratch)
         findings = check_graph(files[0], spec, sizes)
-        report = validate_graph(bundle, spec, files[0], opts.profile) if opts.validate else ParityReport()
+        report = validate(files[0])
         if not report.ok:
             r = report.failures()[0]
             raise UserError(f"{spec.name} failed validation at {r.case}: {r.tensor}: {'; '.join(r.violations)} "
                             f"(the previous graph, if any, is untouched)")
-        installed = _install(files, opts.out_dir / Precision.FP32.value)
+        installed = _install(files, opts.out_dir / Precision(precision).value)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     record = {"file": str(installed[0].relative_to(opts.out_dir)),
@@ -75,8 +92,9 @@ def export_graph(bundle: ModelBundle, spec: GraphSpec, opts: ExportOptions, mani
               "export_seconds": round(seconds, 3), "opset": opts.opset,
               "validated": opts.validate, "validation": _summary(report),
               "lint": [f"{f.severity} {f.code} {f.node}: {f.message}" for f in findings],
-              "trt_parse": trt_parse_summary(installed[0])}
-    manifest.record_graph(spec, sizes, Precision.FP32, record)
+              "trt_parse": trt_parse_summary(installed[0]) if trt_parse else
+              {"checked": False, "reason": "skipped: parsing reads every weight into memory"}}
+    manifest.record_graph(spec, sizes, precision, record | (extra or {}))
     manifest.save()
     return report
 
@@ -118,6 +136,12 @@ def _summary(report: ParityReport) -> dict:
 
 def export_all(opts: ExportOptions, bundle: ModelBundle | None = None, log=print) -> ParityReport:
     """Export every requested graph of a model folder into ``opts.out_dir``."""
+    if opts.low_memory:
+        from .lowmem import export_low_memory
+
+        return export_low_memory(opts, log)
+    if Precision(opts.dtype) != Precision.FP32:
+        raise UserError(f"--dtype {Precision(opts.dtype).value} needs --low-memory (the ordinary export writes fp32)")
     bundle = bundle or load_model(opts.model_dir, with_tokenizer=False)
     specs = graph_specs(bundle.config, opts.profile, opts.graphs)
     check_writable(opts.out_dir)

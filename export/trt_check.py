@@ -42,7 +42,8 @@ class ParseResult:
         return "\n".join(lines)
 
 
-def _import(flavor: str):
+def import_flavor(flavor: str):
+    """The TensorRT flavour's Python module; a UserError with the pip command when it is missing."""
     if flavor not in FLAVORS:
         raise UserError(f"unknown TensorRT flavor {flavor!r}; choose from {', '.join(FLAVORS)}")
     try:
@@ -58,9 +59,12 @@ def _logger(trt):
         def __init__(self):
             trt.ILogger.__init__(self)
             self.messages: list[str] = []
+            self.errors: list[str] = []              # ERROR and INTERNAL_ERROR messages only
 
         def log(self, severity, msg):
             self.messages.append(msg)
+            if severity <= trt.ILogger.Severity.ERROR:
+                self.errors.append(msg)
 
     return Collecting()
 
@@ -100,12 +104,24 @@ def _io(trt, tensors) -> list[tuple[str, str, tuple]]:
     return [(t.name, _DTYPES.get(t.dtype.name, t.dtype.name.lower()), tuple(t.shape)) for t in tensors]
 
 
-def trt_parse(path: str | Path, flavor: str = "tensorrt-rtx") -> ParseResult:
+@dataclass
+class ParsedNetwork:
+    """A parsed network with the objects that must outlive it (the parser owns the weights) until it is built."""
+
+    trt: object
+    logger: object
+    builder: object
+    network: object
+    parser: object
+    result: ParseResult
+
+
+def parse_network(path: str | Path, flavor: str = "tensorrt-rtx") -> ParsedNetwork:
     """Parse ``path`` into a strongly typed network; errors name the failing ONNX node."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: {'a folder, not an ONNX file' if path.is_dir() else 'no such file'}")
-    trt = _import(flavor)
+    trt = import_flavor(flavor)
     logger = _logger(trt)
     builder = trt.Builder(logger)
     network = _network(trt, builder)
@@ -114,4 +130,10 @@ def trt_parse(path: str | Path, flavor: str = "tensorrt-rtx") -> ParseResult:
     errors = [_error(parser.get_error(i), path) for i in range(parser.num_errors)]
     inputs = _io(trt, [network.get_input(i) for i in range(network.num_inputs)])
     outputs = _io(trt, [network.get_output(i) for i in range(network.num_outputs)])
-    return ParseResult(ok and not errors, errors, network.num_layers, inputs, outputs)
+    result = ParseResult(ok and not errors, errors, network.num_layers, inputs, outputs)
+    return ParsedNetwork(trt, logger, builder, network, parser, result)
+
+
+def trt_parse(path: str | Path, flavor: str = "tensorrt-rtx") -> ParseResult:
+    """Parse ``path`` into a strongly typed network; errors name the failing ONNX node."""
+    return parse_network(path, flavor).result

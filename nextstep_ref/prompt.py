@@ -7,6 +7,7 @@ Position ids count the pad slots (arange over the whole row); pads are masked on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -58,6 +59,15 @@ def _pack(rows: list[list[int]], tokens: SpecialTokens, cfg_rows: int, max_token
     return PromptBatch(ids, mask, ids == tokens.placeholder, positions, cfg_rows)
 
 
+def _negatives(negative: str | Sequence[str], n: int) -> list[str]:
+    """One negative prompt per prompt: a single string is shared by all."""
+    if isinstance(negative, str):
+        return [negative] * n
+    if len(negative) != n:
+        raise UserError(f"{len(negative)} negative prompts for {n} prompts")
+    return [x or "" for x in negative]
+
+
 def _check_prompts(prompts: list[str]) -> None:
     if not prompts:
         raise UserError("no prompt given")
@@ -67,19 +77,21 @@ def _check_prompts(prompts: list[str]) -> None:
 
 
 def text_to_image_prompt(tokenizer, tokens: SpecialTokens, prompts: list[str], grid: tuple[int, int],
-                         positive: str = "", negative: str = "", images_per_prompt: int = 1,
+                         positive: str = "", negative: str | Sequence[str] = "", images_per_prompt: int = 1,
                          max_tokens: int | None = None) -> PromptBatch:
-    """cond row: caption (+ " " + positive); uncond row: the negative prompt (empty by default)."""
+    """cond row: caption (+ " " + positive); uncond row: the negative prompt (empty by default; one per prompt
+    when a list)."""
     _check_prompts(prompts)
     suffix = _area_suffix(tokenizer, tokens, grid)
     cond = [_ids(tokenizer, p + (" " + positive if positive else "")) + suffix for p in prompts]
-    uncond = _ids(tokenizer, negative or "") + suffix
+    uncond = [_ids(tokenizer, n) + suffix for n in _negatives(negative, len(prompts))]
     rows = [r for r in cond for _ in range(images_per_prompt)]
-    return _pack(rows + [uncond] * len(rows), tokens, 2, max_tokens)
+    uncond_rows = [r for r in uncond for _ in range(images_per_prompt)]
+    return _pack(rows + uncond_rows, tokens, 2, max_tokens)
 
 
 def edit_prompt(tokenizer, tokens: SpecialTokens, instructions: list[str], grid: tuple[int, int],
-                positive: str = "", negative: str = "", images_per_prompt: int = 1,
+                positive: str = "", negative: str | Sequence[str] = "", images_per_prompt: int = 1,
                 max_tokens: int | None = None) -> PromptBatch:
     """Three branches: [image + instruction (+ positive)] [image + negative] [negative only].
 
@@ -92,11 +104,11 @@ def edit_prompt(tokenizer, tokens: SpecialTokens, instructions: list[str], grid:
              + SPECIAL_STRINGS["placeholder"] * n + SPECIAL_STRINGS["eoi"])
     suffix = _area_suffix(tokenizer, tokens, grid)
     cond = [_ids(tokenizer, image + p + (" " + positive if positive else "")) + suffix for p in instructions]
+    negatives = [n for n in _negatives(negative, len(instructions)) for _ in range(images_per_prompt)]
     rows = [r for r in cond for _ in range(images_per_prompt)]
-    uncond1 = _ids(tokenizer, image + (negative or "")) + suffix
-    uncond2 = _ids(tokenizer, negative or "") + suffix
-    b = len(rows)
-    return _pack(rows + [uncond1] * b + [uncond2] * b, tokens, 3, max_tokens)
+    uncond1 = [_ids(tokenizer, image + n) + suffix for n in negatives]
+    uncond2 = [_ids(tokenizer, n) + suffix for n in negatives]
+    return _pack(rows + uncond1 + uncond2, tokens, 3, max_tokens)
 
 
 def scatter_image_tokens(prompt: PromptBatch, image_tokens: np.ndarray) -> np.ndarray:

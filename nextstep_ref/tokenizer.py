@@ -34,9 +34,10 @@ def build_tokenizer(tokens: SpecialTokens, vocab_size: int):
 
     order = ["bos", "pad", "image_area", "boi", "eoi", "placeholder"]
     ids = [getattr(tokens, name) for name in order]
-    if ids != list(range(tokens.bos, tokens.bos + len(ids))) or tokens.eos != tokens.bos:
-        raise UserError("the tiny tokenizer needs bos=eos and pad, image_area, boi, eoi, placeholder right after it")
-    if tokens.bos + len(ids) + len(EXTRA_SPECIALS) > vocab_size:
+    gap = tokens.pad - tokens.bos - 1                 # Qwen's own specials sit between them in Large (21)
+    if ids[1:] != list(range(tokens.pad, tokens.pad + len(ids) - 1)) or tokens.eos != tokens.bos or gap < 0:
+        raise UserError("the tiny tokenizer needs bos=eos, then pad, image_area, boi, eoi, placeholder in a row")
+    if tokens.pad + len(ids) - 1 + len(EXTRA_SPECIALS) > vocab_size:
         raise UserError(f"special tokens from id {tokens.bos} do not fit a vocabulary of {vocab_size}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -46,7 +47,9 @@ def build_tokenizer(tokens: SpecialTokens, vocab_size: int):
     tok.train_from_iterator([_CORPUS], trainer=trainer)
     fillers = [f"<|reserved_{i}|>" for i in range(tokens.bos - tok.get_vocab_size())]
     tok.add_tokens(fillers)
-    tok.add_special_tokens([SPECIAL_STRINGS[name] for name in order] + list(EXTRA_SPECIALS))
+    reserved = [f"<|reserved_special_{i}|>" for i in range(gap)]
+    tok.add_special_tokens([SPECIAL_STRINGS["bos"], *reserved] + [SPECIAL_STRINGS[name] for name in order[1:]]
+                           + list(EXTRA_SPECIALS))
     for name, want in zip(order, ids):
         got = tok.token_to_id(SPECIAL_STRINGS[name])
         assert got == want, f"{name}: id {got} != {want}"

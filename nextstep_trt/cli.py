@@ -9,7 +9,7 @@ from nextstep_trt.errors import CheckFailed, UserError
 
 # command name -> module in nextstep_trt.commands that defines add_arguments(parser) and run(args) -> int
 COMMANDS = {
-    "demo": "demo", "init-tiny": "init", "export": "export", "inspect": "inspect",
+    "demo": "demo", "init-tiny": "init", "init-model": "init", "export": "export", "inspect": "inspect",
     "quantize": "quantize", "build": "build", "generate": "generate", "edit": "generate", "verify": "verify",
     "record": "verify", "bench": "bench", "doctor": "doctor", "serve": "serve", "client": "serve",
     "triton-repo": "serve",

@@ -13,7 +13,35 @@ FP32_GRAPH = Bound(rel_l2=1e-6, max_abs=1e-5)
 # The VAE stacks ~22 convolutions; each adds ~1e-7 relative fp32 rounding, so torch's own fp32 output is already
 # 1.1-1.8e-6 rel-L2 from a float64 run (tiny VAE, measured; tests/export/test_fp32_noise_floor.py re-measures it).
 # Two correct fp32 implementations therefore differ by up to ~2.2e-6: 1e-6 is below fp32's noise floor here.
-FP32_VAE = Bound(rel_l2=4e-6, max_abs=1e-5)
+# Max abs: tiny VAE <= 6e-6; the Large VAE (ch 128, random weights) reached 1.01e-5 at 256x256 (scale run), so
+# the generic 1e-5 would refuse a correct Large export; 2e-5 keeps the same noise-floor reasoning.
+FP32_VAE = Bound(rel_l2=4e-6, max_abs=2e-5)
+# A bf16 graph widened to float32 so ONNX Runtime can run it (export/spotcheck.py): weights and wiring are exact,
+# but scalar constants the exporter typed bf16 stay rounded (an attention scale 128**-0.5 is off by 1.1e-4).
+# Measured (worst rel-L2): Large layer 24 hidden state 1.2e-5, Large VAE decoder 4.7e-6, bench VAE decoder 8.8e-6;
+# a swapped weight gives > 0.1 (tests/scale/test_integrity.py).
+BF16_WIDENED = Bound(rel_l2=1e-3, cosine=0.99999)
+
+# Precision graphs, measured on the tiny model (`nextstep-trt quantize` then `verify --precision P`, CPU: ORT for
+# fp16/fp8, onnx.reference for bf16; worst row over every case and output; tests/engines/ re-measures them):
+#   fp16  backbone rel 6.2e-4 abs 1.5e-3 | heads rel <= 7.0e-4 abs <= 2.7e-3 | VAE rel <= 2.6e-3 abs <= 9.9e-3
+#   bf16  backbone rel 6.1e-3 abs 1.8e-2 | heads rel <= 8.8e-3 abs <= 2.4e-2 | VAE rel <= 2.9e-2 abs <= 9.1e-2,
+#         cos >= 0.99959
+#   fp8   backbone rel 4.9e-2 abs 0.13 cos 0.99882 | head_step rel 4.6e-2 abs 0.071 cos 0.99901 |
+#         head_sampler(_edit) rel <= 3.0e-2 abs <= 0.087 cos >= 0.99956
+# Bounds leave ~3x headroom on rel-L2 and max-abs. FP8 cosine >= 0.999 (the issue's bound) holds for what the
+# image depends on: the backbone's `cond` (measured min 0.99952) and the fused samplers' `token` (>= 0.99956).
+# Outputs of one or a few E4M3 GEMMs sit at E4M3's own ceiling: one 64x64 GEMM of random data with both operands
+# in E4M3 (3 mantissa bits) already has cosine 0.99928 / rel-L2 3.8%, and the tiny model's 16-32-element K/V and
+# velocity tensors (rows=1) scatter around that (min 0.99882 new_value, 0.99903 new_key, 0.99901 head_step v;
+# ModelOpt's quantizer gave 0.99872). Those tensors get their own entry in TENSOR_BOUNDS below.
+FP16_GRAPH = Bound(rel_l2=2e-3, max_abs=1e-2, cosine=0.99999)
+FP16_VAE = Bound(rel_l2=8e-3, max_abs=4e-2, cosine=0.9999)
+BF16_GRAPH = Bound(rel_l2=2.5e-2, max_abs=8e-2, cosine=0.9999)
+BF16_VAE = Bound(rel_l2=8e-2, max_abs=0.3, cosine=0.998)
+FP8_BACKBONE = Bound(rel_l2=0.08, max_abs=0.3, cosine=0.999)
+FP8_SAMPLER = Bound(rel_l2=0.06, max_abs=0.2, cosine=0.999)
+FP8_SINGLE_GEMM = Bound(rel_l2=0.08, max_abs=0.3, cosine=0.998)
 
 # Level 1: (graph, precision) -> bound on every output tensor.
 GRAPH_BOUNDS: dict[tuple[str, Precision], Bound] = {
@@ -23,20 +51,55 @@ GRAPH_BOUNDS: dict[tuple[str, Precision], Bound] = {
     ("head_sampler_edit", Precision.FP32): FP32_GRAPH,
     ("vae_decoder", Precision.FP32): FP32_VAE,
     ("vae_encoder", Precision.FP32): FP32_VAE,
+    ("backbone", Precision.FP16): FP16_GRAPH,
+    ("head_step", Precision.FP16): FP16_GRAPH,
+    ("head_sampler", Precision.FP16): FP16_GRAPH,
+    ("head_sampler_edit", Precision.FP16): FP16_GRAPH,
+    ("vae_decoder", Precision.FP16): FP16_VAE,
+    ("vae_encoder", Precision.FP16): FP16_VAE,
+    ("backbone", Precision.BF16): BF16_GRAPH,
+    ("head_step", Precision.BF16): BF16_GRAPH,
+    ("head_sampler", Precision.BF16): BF16_GRAPH,
+    ("head_sampler_edit", Precision.BF16): BF16_GRAPH,
+    ("vae_decoder", Precision.BF16): BF16_VAE,
+    ("vae_encoder", Precision.BF16): BF16_VAE,
+    ("backbone", Precision.FP8): FP8_BACKBONE,       # the VAE has no fp8 graph
+    ("head_step", Precision.FP8): FP8_SINGLE_GEMM,
+    ("head_sampler", Precision.FP8): FP8_SAMPLER,
+    ("head_sampler_edit", Precision.FP8): FP8_SAMPLER,
 }
 
-# Level 2: precision -> bound on each teacher-forced token's cond, velocity and token.
+# Level 1 exceptions: (graph, precision, tensor name without its ".{layer}" suffix) -> bound for that tensor.
+TENSOR_BOUNDS: dict[tuple[str, Precision, str], Bound] = {
+    ("backbone", Precision.FP8, "new_key"): FP8_SINGLE_GEMM,    # one E4M3 GEMM (k_proj) per layer
+    ("backbone", Precision.FP8, "new_value"): FP8_SINGLE_GEMM,  # one E4M3 GEMM (v_proj) per layer
+}
+
+# Level 2: precision -> bound on each teacher-forced token's cond, velocity and token. Measured worst (tiny model,
+# three cases, every token): fp16 5.4e-4, bf16 8.2e-3, fp8 5.1e-2 (the velocity probe; cond 2.7e-2).
 LOOP_BOUNDS: dict[Precision, Bound] = {
     Precision.FP32: Bound(rel_l2=1e-5),
+    Precision.FP16: Bound(rel_l2=2e-3),
+    Precision.BF16: Bound(rel_l2=2.5e-2),
+    Precision.FP8: Bound(rel_l2=0.12),
 }
 
-# Level 3: precision -> minimum PSNR (dB) of the free-running image against the reference.
+# Level 3: precision -> minimum PSNR (dB) of the free-running image against the reference. Measured lowest of the
+# three cases: fp16 59.2, bf16 44.6 (the bf16 VAE), fp8 41.6 (its VAE runs fp32); bounds ~6 dB below.
 IMAGE_PSNR_MIN: dict[Precision, float] = {
     Precision.FP32: 60.0,
+    Precision.FP16: 53.0,
+    Precision.BF16: 38.0,
+    Precision.FP8: 35.0,
 }
 
 
-def graph_bound(graph: str, precision: Precision) -> Bound:
+def graph_bound(graph: str, precision: Precision, tensor: str | None = None) -> Bound:
+    """The level-1 bound of a graph at a precision; a tensor with its own entry in TENSOR_BOUNDS gets that."""
+    if tensor is not None:
+        special = TENSOR_BOUNDS.get((graph, Precision(precision), tensor.split(".")[0]))
+        if special is not None:
+            return special
     try:
         return GRAPH_BOUNDS[(graph, Precision(precision))]
     except KeyError:

@@ -30,7 +30,11 @@ def open_backend(name: str, model_dir: str | Path | None = None, artifacts: str 
         return TorchBackend(bundle)
     if artifacts is None:
         raise UserError(f"the {name} backend needs --artifacts (run `nextstep-trt export` first)")
-    if name == "onnxruntime":
+    if name == "onnxruntime" and precision is Precision.BF16 and device == "cpu":
+        from .onnx_reference_backend import ReferenceBackend   # ORT's CPU provider has no bf16 kernels
+
+        backend = ReferenceBackend(artifacts, precision, threads)
+    elif name == "onnxruntime":
         from .ort_backend import OrtBackend
 
         backend = OrtBackend(artifacts, precision, device, threads)

@@ -106,13 +106,17 @@ class Backend(abc.ABC):
         spec = self.specs.get("backbone")
         return spec.attrs.get("kv_capacity") if spec else None
 
-    def start(self, rows: int, needed: int) -> None:
-        """A fresh cache for ``rows`` rows that must hold ``needed`` tokens (prompt + image)."""
+    def check_capacity(self, needed: int) -> int:
+        """The cache slots per row to allocate; a UserError when ``needed`` exceeds the exported capacity."""
         cap = self.max_capacity()
         if cap is not None and needed > cap:
             raise UserError(f"prompt + image need {needed} cache slots; the exported profile holds {cap} "
                             "(shorten the prompt, lower the resolution, or re-export with a bigger profile)")
-        capacity = cap or needed
+        return cap or needed
+
+    def start(self, rows: int, needed: int) -> None:
+        """A fresh cache for ``rows`` rows that must hold ``needed`` tokens (prompt + image)."""
+        capacity = self.check_capacity(needed)
         if self.cache is None or self.cache.mask.shape != (rows, capacity):
             self.cache = HostKVCache(self.config, rows, capacity)
         self.cache.reset()
@@ -145,6 +149,10 @@ class Backend(abc.ABC):
             feeds = {"cond": cond, "noise": noise, "cfg": cfg} | ({"cfg_img": cfg_img} if edit else {})
             return self.run(fused, feeds)["token"]
         self._notice(f"no fused sampler for {sampler}; running head_step once per step")
+        return self.sample_steps(cond, noise, cfg, cfg_img, sampler)
+
+    def sample_steps(self, cond, noise, cfg, cfg_img, sampler: SamplerConfig) -> np.ndarray:
+        """One image token [B,D] through N head_step calls (the per-step loop; the fallback of ``sample``)."""
         grid = [s.t for s in sampler_steps(sampler)]
 
         def velocity(x: np.ndarray, k: int) -> np.ndarray:

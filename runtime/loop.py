@@ -5,7 +5,7 @@ prompt -> prefill (every CFG row in one batch) -> per token: sampler call, decod
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from nextstep_ref.noise import NoiseSource, image_seeds
 from nextstep_ref.options import GenerationOptions
 from nextstep_ref.prompt import PromptBatch, edit_prompt, scatter_image_tokens, text_to_image_prompt
 from nextstep_ref.sampling import cfg_at
+from nextstep_trt.errors import UserError
 
 from .backend import Backend, check_finite
 
@@ -28,10 +29,21 @@ def _progress(n: int, enabled: bool):
     return tqdm(range(n), desc="tokens", unit="tok", disable=not enabled, leave=False)
 
 
+def _per_image(values: Sequence[float] | None, default: float, b: int, what: str) -> list[float]:
+    """One guidance scale per image (Python floats, so a schedule computes as before)."""
+    if values is None:
+        return [default] * b
+    if len(values) != b:
+        raise UserError(f"{len(values)} {what} values for {b} images")
+    return [float(v) for v in values]
+
+
 def generate_tokens(backend: Backend, prompt: PromptBatch, opts: GenerationOptions, noise: NoiseSource,
                     image_tokens: np.ndarray | None = None, progress: bool = False,
-                    callback: TokenCallback | None = None, forced: np.ndarray | None = None) -> np.ndarray:
-    """Tokens [B,N,D] in model space. ``forced`` [B,N,D] teacher-forces the tokens fed back (parity level 2)."""
+                    callback: TokenCallback | None = None, forced: np.ndarray | None = None,
+                    cfgs: Sequence[float] | None = None, cfg_imgs: Sequence[float] | None = None) -> np.ndarray:
+    """Tokens [B,N,D] in model space. ``forced`` [B,N,D] teacher-forces the tokens fed back (parity level 2);
+    ``cfgs`` / ``cfg_imgs`` give each image its own guidance (default: opts.cfg / opts.cfg_img for all)."""
     cfg = backend.config
     rows, b, length = prompt.input_ids.shape[0], prompt.batch, prompt.length
     grid = token_grid(opts.height, opts.width, cfg.pixels_per_token)
@@ -42,13 +54,14 @@ def generate_tokens(backend: Backend, prompt: PromptBatch, opts: GenerationOptio
         image_tokens = np.zeros((rows, length, cfg.token_dim), np.float32)
     cond = backend.backbone(prompt.input_ids, image_tokens, prompt.image_mask, prompt.position_ids,
                             prompt.token_mask)
-    cfg_img = np.full(b, opts.cfg_img, np.float32) if prompt.cfg_rows == 3 else None
+    cfgs = _per_image(cfgs, opts.cfg, b, "cfg")
+    cfg_img = np.array(_per_image(cfg_imgs, opts.cfg_img, b, "cfg_img"), np.float32) if prompt.cfg_rows == 3 else None
     step_ids = np.full((rows, 1), cfg.tokens.placeholder, np.int64)
     ones = np.ones((rows, 1), np.int64)
     tokens = []
     for k in _progress(n_tok, progress):
         check_finite(cond, "backbone.cond", k)
-        scale = np.full(b, cfg_at(opts.cfg, k, n_tok, opts.cfg_schedule), np.float32)
+        scale = np.array([cfg_at(c, k, n_tok, opts.cfg_schedule) for c in cfgs], np.float32)     # [B]
         token = backend.sample(cond, noise.next(), scale, cfg_img, sampler)                     # [B,D]
         check_finite(token, "sampler.token", k)
         tokens.append(token)
@@ -86,16 +99,20 @@ class Request:
 
     prompts: list[str]
     opts: GenerationOptions
-    image: np.ndarray | None = None        # uint8 [H,W,3] for editing
+    image: np.ndarray | None = None        # uint8 [H,W,3] for editing, or [P,H,W,3]: one per prompt
     seeds: list[int] | None = None         # one per image; default: opts.seed + image index, shared by prompts
+    negatives: list[str] | None = None     # one per prompt; default: opts.negative_prompt for all
+    cfgs: list[float] | None = None        # one per image; default: opts.cfg for all
+    cfg_imgs: list[float] | None = None    # one per image (editing); default: opts.cfg_img for all
 
 
 def build_prompt(tokenizer, backend: Backend, req: Request, max_tokens: int) -> PromptBatch:
     cfg, opts = backend.config, req.opts
     grid = token_grid(opts.height, opts.width, cfg.pixels_per_token)
     make = text_to_image_prompt if req.image is None else edit_prompt
-    return make(tokenizer, cfg.tokens, req.prompts, grid, opts.positive_prompt, opts.negative_prompt,
-                opts.images_per_prompt, max_tokens)
+    negative = opts.negative_prompt if req.negatives is None else req.negatives
+    return make(tokenizer, cfg.tokens, req.prompts, grid, opts.positive_prompt, negative, opts.images_per_prompt,
+                max_tokens)
 
 
 def run_request(backend: Backend, tokenizer, req: Request, progress: bool = False,
@@ -107,7 +124,9 @@ def run_request(backend: Backend, tokenizer, req: Request, progress: bool = Fals
     noise = NoiseSource(seeds, opts.steps, backend.config.token_dim)
     image_tokens = None
     if req.image is not None:
-        source = encode_images(backend, np.repeat(req.image[None], prompt.batch, axis=0))
+        pixels = req.image[None] if req.image.ndim == 3 else req.image                           # [1 or P,H,W,3]
+        source = encode_images(backend, np.repeat(pixels, prompt.batch // len(pixels), axis=0))
         image_tokens = scatter_image_tokens(prompt, source)
-    tokens = generate_tokens(backend, prompt, opts, noise, image_tokens, progress, callback)
+    tokens = generate_tokens(backend, prompt, opts, noise, image_tokens, progress, callback,
+                             cfgs=req.cfgs, cfg_imgs=req.cfg_imgs)
     return decode_images(backend, tokens, opts.height, opts.width)

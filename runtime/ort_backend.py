@@ -12,6 +12,11 @@ from .backend import Backend, Feeds
 from .ort_session import make_session
 
 
+# intra-op threads per graph when the caller asks for the default (0): the head's GEMMs are [rows,192]-sized and
+# lose to thread-pool synchronisation, so 1 thread; the backbone and the VAE take every core (ORT's default).
+GRAPH_THREADS = {"head_step": 1, "head_sampler": 1, "head_sampler_edit": 1}
+
+
 class OrtBackend(Backend):
     """Graphs of one precision from an artifacts folder. ``run`` returns views of reused output buffers, valid
     until the next call of the same graph."""
@@ -22,9 +27,12 @@ class OrtBackend(Backend):
                  threads: int = 0, profile_prefix: str | None = None):
         self.manifest = Manifest.load(artifacts)
         self.precision = Precision(precision)
-        specs = {g: self.manifest.spec(g, self.precision) for g in self.manifest.graphs
-                 if self.precision.value in self.manifest.data["graphs"][g]["precisions"]}
+        self.graph_precision = self.manifest.graph_precisions(self.precision)
+        specs = {g: self.manifest.spec(g, p) for g, p in self.graph_precision.items()}
         super().__init__(self.manifest.config, specs)
+        fallback = sorted(g for g, p in self.graph_precision.items() if p != self.precision)
+        if fallback:
+            self._notice(f"no {self.precision.value} graph for {', '.join(fallback)}: running it at fp32")
         self.profile = self.manifest.profile
         self.device, self.threads, self.profile_prefix = device, threads, profile_prefix
         self._sessions: dict[str, object] = {}
@@ -36,10 +44,15 @@ class OrtBackend(Backend):
         if graph not in self._sessions:
             self.spec(graph)
             prefix = f"{self.profile_prefix}_{graph}" if self.profile_prefix else None
-            self._sessions[graph] = make_session(self.manifest.path(graph, self.precision), self.device,
-                                                 self.threads, prefix)
+            path = self.manifest.path(graph, self.graph_precision[graph])
+            threads = self.threads or GRAPH_THREADS.get(graph, 0)
+            self._sessions[graph] = make_session(path, self.device, threads, prefix)
             self._bindings[graph] = self._sessions[graph].io_binding()
         return self._sessions[graph]
+
+    def thread_counts(self) -> dict[str, int]:
+        """Intra-op threads of each open session (0: ONNX Runtime's default, one per physical core)."""
+        return {g: s.get_session_options().intra_op_num_threads for g, s in self._sessions.items()}
 
     def _output_buffer(self, graph: str, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
         key = (graph, name, shape)

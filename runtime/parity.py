@@ -83,9 +83,8 @@ def _row(level, graph, precision, case, tensor, ref, got, bound: Bound) -> Parit
 
 def compare_level1(graph: str, precision: Precision, case: str, ref: dict, got: dict) -> ParityReport:
     """Every output tensor of one graph call."""
-    bound = graph_bound(graph, precision)
-    return ParityReport([_row(1, graph, Precision(precision).value, case, name, ref[name], got[name], bound)
-                         for name in ref])
+    return ParityReport([_row(1, graph, Precision(precision).value, case, name, ref[name], got[name],
+                               graph_bound(graph, precision, name)) for name in ref])
 
 
 def compare_level2(label: str, precision: Precision, ref: LoopTrace, got: LoopTrace) -> ParityReport:

@@ -11,15 +11,21 @@ from .backend import Backend
 from .loop import encode_images
 from .parity import compare_level1, compare_level2, compare_level3, run_trace
 
+CPU_BACKENDS = ("onnxruntime", "onnx-reference")
+
 
 def verify_backend(backend: Backend, reference, precision: Precision, levels=(1, 2, 3), log=print) -> ParityReport:
     """``reference`` offers level1(spec), cases(), level2(case), level3(case)."""
     precision = Precision(precision)
     report = ParityReport()
-    if precision in (Precision.FP16, Precision.BF16, Precision.FP8) and backend.name == "onnxruntime":
+    if precision in (Precision.FP16, Precision.BF16, Precision.FP8) and backend.name in CPU_BACKENDS:
         report.notes.append(CPU_FP16_NOTE)
+    report.notes += [f"note: {n}" for n in backend.notices]
+    at = getattr(backend, "graph_precision", {})   # graphs without a graph at ``precision`` run at fp32
     if 1 in levels:
         for graph, spec in backend.specs.items():
+            if at.get(graph, precision) != precision:
+                continue
             for label, feeds, ref in reference.level1(spec):
                 report.extend(compare_level1(graph, precision, label, ref, backend.run(graph, feeds)))
             log(f"level 1: {graph} checked")

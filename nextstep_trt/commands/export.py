@@ -56,6 +56,13 @@ def add_arguments(name: str, p) -> None:
     p.add_argument("--external-data", action="store_true", help="always write weights as external data")
     p.add_argument("--no-validate", dest="validate", action="store_false", help="skip the ORT-vs-torch check")
     p.add_argument("--report", help="write the validation report as JSON")
+    p.add_argument("--low-memory", action="store_true",
+                   help="trace on the meta device and stream weights into external data (models of any size)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weight dtype of the graphs "
+                   "(bf16 needs --low-memory; graphs of the checkpoint's dtype point at its shards through hard links)")
+    p.add_argument("--check-only", action="store_true",
+                   help="export nothing: check the exported graphs' integrity against the model folder")
+    p.add_argument("--layer", type=int, help="backbone layer of the numeric spot check (default: the middle one)")
     add_profile_arguments(p)
 
 
@@ -63,13 +70,40 @@ def run(args) -> int:
     from export.profile import GRAPHS
     from export.run import ExportOptions, export_all
     from nextstep_trt.fileio import write_json
+    from nextstep_trt.precision import Precision
 
     graphs = tuple(g.strip() for g in args.graphs.split(",")) if args.graphs else GRAPHS
     opts = ExportOptions(Path(args.model), Path(args.out), graphs, profile_from_args(args), args.validate,
-                         True if args.external_data else None)
+                         True if args.external_data or args.low_memory else None, low_memory=args.low_memory,
+                         dtype=Precision.parse(args.dtype))
+    if args.check_only or args.low_memory:
+        return _low_memory(args, opts)
     report = export_all(opts)
     if report.rows:
         print("worst case per graph (all cases: --report FILE.json):")
+        print(report.worst_per_graph().table())
+    if args.report:
+        write_json(args.report, report.to_json())
+    return 0
+
+
+def _low_memory(args, opts) -> int:
+    """--low-memory export, or --check-only integrity checks of exported graphs (export/lowmem.py)."""
+    from export.lowmem import check_artifacts, export_low_memory
+    from nextstep_trt.errors import CheckFailed
+    from nextstep_trt.fileio import write_json
+
+    if args.check_only:
+        reports = check_artifacts(opts, args.layer)
+        print("\n".join(r.table() for r in reports))
+        if args.report:
+            write_json(args.report, {"ok": all(r.ok for r in reports), "graphs": [r.to_dict() for r in reports]})
+        bad = [r for r in reports if not r.ok]
+        if bad:
+            raise CheckFailed(f"{bad[0].graph} failed its integrity check: {bad[0].first_failure()}")
+        return 0
+    report = export_low_memory(opts, layer=args.layer)
+    if report.rows:
         print(report.worst_per_graph().table())
     if args.report:
         write_json(args.report, report.to_json())

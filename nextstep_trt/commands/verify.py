@@ -23,10 +23,14 @@ def add_arguments(name: str, p) -> None:
     src.add_argument("--model", help="model folder: compute the reference live with PyTorch")
     src.add_argument("--golden", help="golden folder from `nextstep-trt record` (no PyTorch needed)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
-    p.add_argument("--precision", default="fp32")
+    p.add_argument("--precision", default="fp32",
+                   help="fp32, fp16, bf16 or fp8 (bf16 on the CPU runs in the ONNX reference evaluator)")
     p.add_argument("--levels", default="1,2,3", help="comma-separated subset of 1,2,3")
     p.add_argument("--report", help="write the full report as JSON")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="ONNX Runtime execution provider")
+    p.add_argument("--mark-intermediates", action="store_true",
+                   help="also compare every intermediate tensor of each precision graph with its fp32 graph on the "
+                        "first level-1 case and name the worst layer")
 
 
 def _levels(text: str) -> tuple[int, ...]:
@@ -45,6 +49,9 @@ def _run_verify(args) -> int:
     from runtime.verify import verify_backend
 
     levels = _levels(args.levels)
+    if args.mark_intermediates and args.precision == "fp32":
+        raise UserError("--mark-intermediates compares a precision graph with its fp32 graph: use --precision "
+                        "fp16, bf16 or fp8")
     with open_backend(args.backend, args.model, args.artifacts, args.precision, args.device) as backend:
         if args.golden:
             from runtime.golden import GoldenReference
@@ -57,10 +64,17 @@ def _run_verify(args) -> int:
 
             reference = LiveReference(load_model(args.model), backend.manifest.profile)
         report = verify_backend(backend, reference, args.precision, levels)
+        layers = []
+        if args.mark_intermediates:
+            from engines.precision.intermediates import worst_layers
+
+            layers = worst_layers(backend.manifest, reference, args.precision)
     print(report.worst_per_graph().table())
+    for layer_report in layers:
+        print(layer_report.table())
     print(f"{len(report.rows)} checks, {len(report.failures())} failed")
     if args.report:
-        write_json(args.report, report.to_json())
+        write_json(args.report, report.to_json() | {"intermediates": [r.to_json() for r in layers]})
     report.raise_on_failure()
     return 0
 

@@ -70,3 +70,15 @@ def test_external_data_on_request(capsys, tiny_dir, tmp_path, flag):
                 flag)[0] == 0
     assert (out / "fp32" / "head_step.onnx.data").is_file()
     assert (out / "fp32" / "head_step.onnx").stat().st_size < 20_000
+
+
+def test_single_resolution_exports_static_vae_dims(capsys, tiny_dir, tmp_path):
+    """One resolution (the default profile has only 512x512) gives min == max dims: exported static, not refused."""
+    import onnx
+
+    out = tmp_path / "art"
+    code = main(["export", "--model", str(tiny_dir), "--out", str(out), "--resolutions", "64x64", "--steps", "2",
+                 "--max-text-tokens", "8", "--max-batch", "2", "--graphs", "vae_decoder"])
+    assert code == 0, capsys.readouterr().err
+    dims = onnx.load(out / "fp32" / "vae_decoder.onnx").graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 4, 8, 8]

@@ -1,6 +1,5 @@
 """The runtime loop: same result as the reference pipeline, batches, seeds, callbacks, fallback sampler."""
 import numpy as np
-import pytest
 
 from nextstep_ref.noise import NoiseSource
 from nextstep_ref.options import GenerationOptions

@@ -1,6 +1,5 @@
 """ONNX Runtime vs the PyTorch reference at the issue's bounds: level 1 per graph, level 2 teacher-forced, level 3
 free-running (32x32 and 48x32, 3 sampler steps, cfg 2, and the edit path)."""
-import numpy as np
 import pytest
 
 from runtime.ort_backend import OrtBackend

@@ -1,0 +1,198 @@
+"""doctor: what this machine has and what will and will not work here, as a list of sections (torch-free).
+
+A section is a title and (label, value) rows; a caller may append its own sections (e.g. model estimates).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+import platform
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from nextstep_trt.errors import UserError
+
+from .gpu import GpuProbe, cc_tuple, probe_gpu
+
+BUILD_PEAK_FACTOR = 3.7          # TensorRT-RTX build peak RSS / ONNX weight bytes (toolchain notes, 395 MB graph)
+BUILD_BASELINE = 300 * 2**20     # a TensorRT-RTX build process of a tiny graph peaks at ~0.3 GB (measured)
+
+
+@dataclass
+class Section:
+    title: str
+    rows: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, label: str, value) -> "Section":
+        self.rows.append((label, str(value)))
+        return self
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return md.version(pkg)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _flavor_status(flavor: str) -> tuple[object | None, str]:
+    """(module or None, version or why it is missing)."""
+    from export.trt_check import import_flavor
+
+    try:
+        trt = import_flavor(flavor)
+        return trt, trt.__version__
+    except UserError as err:
+        return None, f"missing: {err}"
+
+
+def software_section() -> tuple[Section, dict]:
+    """Python and the packages that matter; returns the facts the verdict needs."""
+    s = Section("software").add("python", f"{sys.version.split()[0]} ({platform.platform()})")
+    for pkg in ("torch", "onnx"):
+        s.add(pkg, _version(pkg) or "not installed")
+    try:
+        import onnxruntime as ort
+
+        providers = ort.get_available_providers()
+        s.add("onnxruntime", f"{ort.__version__} (providers: {', '.join(providers)})")
+    except ImportError as err:
+        providers = []
+        s.add("onnxruntime", f"not installed ({err})")
+    flavors = {}
+    for flavor in ("tensorrt", "tensorrt-rtx"):
+        module, status = _flavor_status(flavor)
+        flavors[flavor] = module
+        s.add(flavor, status)
+    try:
+        importlib.import_module("cuda.bindings.runtime")
+        cuda_python = True
+    except ImportError:
+        cuda_python = False
+    s.add("cuda-python", _version("cuda-python") or _version("cuda-bindings") if cuda_python else "not installed")
+    return s, {"providers": providers, "flavors": flavors, "cuda_python": cuda_python}
+
+
+def gpu_section(probe: GpuProbe) -> Section:
+    s = Section("gpu")
+    g = probe.gpu
+    if g is None:
+        return s.add("driver / CUDA", "none").add("GPU", f"none ({probe.reason})")
+    fp8 = "yes" if cc_tuple(g.compute_capability) >= (8, 9) else "no (FP8 needs 8.9+)"
+    return (s.add("driver / CUDA", f"{g.driver or '?'} / {g.cuda or '?'} (via {g.source})").add("GPU", g.name)
+            .add("compute capability", f"{g.compute_capability} (FP8: {fp8})")
+            .add("GPU memory free", f"{_mib(g.memory_free)} of {_mib(g.memory_total)}"))
+
+
+def host_memory_available() -> int | None:
+    """MemAvailable from /proc/meminfo, in bytes."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def host_section(artifacts: Path | None) -> Section:
+    s = Section("host").add("CPU cores", os.cpu_count())
+    free = host_memory_available()
+    s.add("free host memory", _mib(free) if free is not None else "unknown (no /proc/meminfo)")
+    where = artifacts if artifacts is not None and artifacts.exists() else Path.cwd()
+    return s.add(f"free disk at {where}", _mib(shutil.disk_usage(where).free))
+
+
+def build_estimates(artifacts: Path, graphs: list[str] | None) -> list[tuple[str, str, int, int]]:
+    """(graph, precision, ONNX bytes, estimated TensorRT-RTX build peak bytes) from the artifacts manifest."""
+    from export.manifest import Manifest
+
+    manifest = Manifest.load(artifacts)
+    unknown = [g for g in graphs or [] if g not in manifest.graphs]
+    if unknown:
+        raise UserError(f"{artifacts} has no graph(s) {', '.join(unknown)} (have: {', '.join(manifest.graphs)})")
+    out = []
+    for graph in graphs or manifest.graphs:
+        for precision, entry in manifest.data["graphs"][graph]["precisions"].items():
+            size = int(entry.get("bytes") or 0)
+            out.append((graph, precision, size, max(int(size * BUILD_PEAK_FACTOR), BUILD_BASELINE)))
+    return out
+
+
+def estimate_section(estimates: list[tuple[str, str, int, int]]) -> Section:
+    s = Section(f"build estimate (peak ~ {BUILD_PEAK_FACTOR}x ONNX weights, >= {_mib(BUILD_BASELINE)})")
+    for graph, precision, size, peak in estimates:
+        s.add(f"{graph} {precision}", f"ONNX {_mib(size)}, build peak ~{_mib(peak)}")
+    if estimates:
+        s.add("largest (graphs build one at a time)", _mib(max(e[3] for e in estimates)))
+    return s
+
+
+def verdict_section(facts: dict, probe: GpuProbe, estimates: list) -> Section:
+    """Plain yes/no lines for what this machine can do."""
+    s = Section("what works here")
+    s.add("export, lint, ONNX Runtime on the CPU", "yes" if facts["providers"] else "no: onnxruntime is missing")
+    s.add("ONNX Runtime on the GPU", "yes" if "CUDAExecutionProvider" in facts["providers"]
+          else "no: CUDAExecutionProvider not available")
+    rtx, std, gpu = facts["flavors"]["tensorrt-rtx"], facts["flavors"]["tensorrt"], probe.gpu
+    if rtx is not None:
+        targets = sorted((f"{n[2:-1]}.{n[-1]}" for n in rtx.ComputeCapability.__members__ if n.startswith("SM")),
+                         key=cc_tuple)
+        fp8 = [t for t in targets if cc_tuple(t) >= (8, 9)]
+        s.add("build with TensorRT-RTX (ahead of time, no GPU)", f"yes, for cc {', '.join(targets)}")
+        s.add("build fp8 with TensorRT-RTX", f"yes, for cc {', '.join(fp8)}")
+    else:
+        s.add("build with TensorRT-RTX", "no: pip install tensorrt-rtx")
+    s.add("build with TensorRT", "yes, for this GPU" if std is not None and gpu is not None else
+          "no: " + ("tensorrt is not installed" if std is None else "no GPU (it builds on the GPU it targets)"))
+    if gpu is None:
+        run = "no: no GPU"
+    elif std is None and rtx is None:
+        run = "no: neither tensorrt nor tensorrt-rtx is installed"
+    elif not facts["cuda_python"]:
+        run = "no: cuda-python is missing (pip install cuda-python)"
+    else:
+        run = f"yes, engines built for cc {gpu.compute_capability}"
+    s.add("run engines (TensorRT backend)", run)
+    if estimates:
+        free = host_memory_available()
+        peak = max(e[3] for e in estimates)
+        s.add("host memory for the largest build", "unknown" if free is None else
+              ("yes" if free >= peak else f"no: ~{_mib(peak)} needed, {_mib(free)} free"))
+    return s
+
+
+def doctor_report(artifacts: str | Path | None = None, graphs: list[str] | None = None) -> list[Section]:
+    """Every section, in print order."""
+    artifacts = Path(artifacts) if artifacts is not None else None
+    if graphs and artifacts is None:
+        raise UserError("--graphs needs --artifacts")
+    probe = probe_gpu()
+    software, facts = software_section()
+    estimates = build_estimates(artifacts, graphs) if artifacts is not None else []
+    sections = [software, gpu_section(probe), host_section(artifacts)]
+    if artifacts is not None:
+        sections.append(estimate_section(estimates))
+    sections.append(verdict_section(facts, probe, estimates))
+    return sections
+
+
+def format_report(sections: list[Section]) -> str:
+    width = max((len(label) for s in sections for label, _ in s.rows), default=10)
+    out = []
+    for s in sections:
+        out.append(f"{s.title}:")
+        out.extend(f"  {label:<{width}}  {value}" for label, value in s.rows)
+    return "\n".join(out)
+
+
+def report_dict(sections: list[Section]) -> list[dict]:
+    return [{"title": s.title, "rows": [dict(zip(("label", "value"), r)) for r in asdict(s)["rows"]]}
+            for s in sections]

@@ -1,0 +1,141 @@
+"""Memory and disk each step needs for one model, from its config and the default deployment profile, and whether
+this machine can do it (torch-free). ``nextstep-trt doctor --model DIR`` appends these sections.
+
+Factors are measured on this project's CPU machines (the numbers of scripts/large_export.sh and toolchain notes):
+they are estimates, good to tens of percent, meant to say early that a step cannot fit.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from nextstep_trt.resources import GB, free_disk, free_ram
+
+from .doctor import BUILD_PEAK_FACTOR, Section
+
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+TORCH_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+# Measured at NextStep-1-Large size on this 2-core machine (scripts/large_export.sh, bf16 checkpoint); the estimates
+# came out within 10% (backbone, whole export, init) to 30% high (head_step, VAE) of the measured peaks:
+BASE_RSS = 0.6 * GB              # python + torch + onnx + onnxruntime imported
+INIT_RSS = 0.45 * GB             # init-model without the VAE: imports + one 64 MB chunk in two dtypes (0.75 GB total)
+TRACE_PER_LAYER = 0.032 * GB     # meta-device torch.export of one decoder layer (Large backbone: 2.13 GB peak)
+SPOT_LAYER_FACTOR = 1.0          # layer spot check, x one layer's fp32 weights (Large: 1.70 GB peak)
+SMALL_GRAPH_FACTOR = 10          # ordinary trace + folding + check of a head/VAE graph, x its weights (Large bf16:
+                                 # head_sampler 3.55 GB, head_step 2.83 GB for 0.31 GB; fp32 head_step 5.06 GB)
+CONVERT_FACTOR = 3               # AutoCast / Q-DQ conversion: onnx.load of the fp32 graph + the converted copy
+RUNTIME_IO_BYTES = 4             # KV cache and activations cross the graph boundary in float32 (the spec)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    ram: float                   # peak bytes of host memory
+    disk: float                  # bytes written
+    note: str = ""
+
+
+def _params(cfg) -> dict[str, int]:
+    from export.profile import DeploymentProfile
+    from export.sizes import graph_parameters
+    from nextstep_ref.weights import model_shapes, vae_shapes
+
+    out = dict(graph_parameters(cfg, DeploymentProfile()))
+    out["checkpoint"] = sum(math.prod(s) for s in model_shapes(cfg).values())
+    out["vae"] = sum(math.prod(s) for s in vae_shapes(cfg.vae).values())
+    bb = cfg.backbone
+    out["layer"] = (bb.hidden_size * (bb.num_heads + 2 * bb.num_kv_heads) * bb.head_dim * 2
+                    + 3 * bb.hidden_size * bb.intermediate_size)
+    return out
+
+
+def kv_cache_bytes(cfg, profile=None) -> int:
+    """Host/device bytes of the KV cache at the profile's capacity and largest batch (both CFG rows)."""
+    from export.profile import DeploymentProfile
+
+    profile = profile or DeploymentProfile()
+    bb = cfg.backbone
+    rows, cap = profile.cfg_rows * profile.max_batch, profile.kv_capacity(cfg.pixels_per_token)
+    return 2 * bb.num_layers * rows * bb.num_kv_heads * cap * bb.head_dim * RUNTIME_IO_BYTES
+
+
+def _export_steps(cfg, p: dict[str, int], checkpoint_dtype: str) -> list[Step]:
+    """The ordinary export, and the low-memory export per graph and as one run, at bf16 and fp32."""
+    steps = [Step("export (ordinary, whole model in memory)", BASE_RSS + 2.5 * p["checkpoint"] * 4,
+                  (p["backbone"] + p["head_step"] * 3 + p["vae"]) * 4, "loads every weight in fp32")]
+    for d in ("bf16", "fp32"):
+        linked = d == checkpoint_dtype
+        backbone = BASE_RSS + max(cfg.backbone.num_layers * TRACE_PER_LAYER, SPOT_LAYER_FACTOR * p["layer"] * 4)
+        small = {g: BASE_RSS + SMALL_GRAPH_FACTOR * p[g] * BYTES[d] for g in ("head_step", "head_sampler", "vae_decoder")}
+        disk = (0 if linked else p["backbone"] * BYTES[d]) + (3 * p["head_step"] + p["vae"]) * BYTES[d]
+        steps.append(Step(f"export --low-memory --dtype {d}: backbone", backbone,
+                          0 if linked else p["backbone"] * BYTES[d],
+                          "hard links into the shards" if linked else f"converted {checkpoint_dtype} -> {d}"))
+        steps += [Step(f"export --low-memory --dtype {d}: {g}", ram, p[g] * BYTES[d]) for g, ram in small.items()]
+        steps.append(Step(f"export --low-memory --dtype {d}: all graphs in one run",
+                          max(backbone, *small.values()) + (p["head_step"] + p["vae"]) * BYTES[d], disk))
+    return steps
+
+
+def estimate_steps(cfg, checkpoint_dtype: str) -> list[Step]:
+    """Every step's peak memory and disk for this model."""
+    p = _params(cfg)
+    steps = [Step(f"init-model --dtype {d}", INIT_RSS + 1.5 * p["vae"] * BYTES[d],
+                  (p["checkpoint"] + p["vae"]) * BYTES[d]) for d in ("bf16", "fp32")]
+    steps += _export_steps(cfg, p, checkpoint_dtype)
+    for d in ("bf16", "fp8"):
+        steps.append(Step(f"precision {d} from the fp32 backbone graph", CONVERT_FACTOR * p["backbone"] * 4,
+                          p["backbone"] * (4 + BYTES[d]), "the fp32 graph first, then the converted one" + (
+                              "; export --low-memory --dtype bf16 writes bf16 directly" if d == "bf16" else "")))
+    for d in ("bf16", "fp8"):
+        w = p["backbone"] * BYTES[d]
+        steps.append(Step(f"TensorRT build: backbone {d}", BUILD_PEAK_FACTOR * w, w,
+                          f"{BUILD_PEAK_FACTOR}x weights, toolchain notes; the plan is about the weights' size"))
+    kv = kv_cache_bytes(cfg)
+    for d in ("bf16", "fp8"):
+        w = (p["backbone"] + p["head_step"]) * BYTES[d] + p["vae"] * 2
+        steps.append(Step(f"runtime {d} (weights + KV cache {kv / GB:.1f} GB)", w + kv, 0,
+                          "device memory on a GPU; host memory for ONNX Runtime on the CPU"))
+    return steps
+
+
+def verdict(step: Step, ram: int, disk: int) -> str:
+    """'yes' or 'no: <which resource is short, with the numbers>'."""
+    short = []
+    if step.ram > ram:
+        short.append(f"needs {step.ram / GB:.1f} GB RAM, {ram / GB:.1f} GB free")
+    if step.disk > disk:
+        short.append(f"needs {step.disk / GB:.1f} GB disk, {disk / GB:.1f} GB free")
+    return "no: " + "; ".join(short) if short else "yes"
+
+
+def checkpoint_dtype(model_dir: Path) -> str:
+    """The checkpoint's storage dtype from config.json (float32 when it does not say)."""
+    raw = json.loads((model_dir / "config.json").read_text()).get("torch_dtype", "float32")
+    return TORCH_DTYPES.get(raw, "fp32")
+
+
+def model_sections(model_dir: str | Path) -> list[Section]:
+    """The doctor sections for one model folder: per-step estimates and whether this machine can do each."""
+    from nextstep_ref.config import load_config
+
+    model_dir = Path(model_dir)
+    cfg, dtype = load_config(model_dir), checkpoint_dtype(model_dir)
+    ram, disk = free_ram(), free_disk(model_dir)
+    params = _params(cfg)["checkpoint"] / 1e9
+    head = Section(f"model {model_dir} ({params:.2f} B parameters, {dtype} checkpoint)")
+    head.add("free RAM (MemAvailable)", f"{ram / GB:.1f} GB").add(f"free disk at {model_dir}", f"{disk / GB:.1f} GB")
+    steps = Section("estimated peak RAM / disk written per step, and whether this machine can do it")
+    for s in estimate_steps(cfg, dtype):
+        note = f" ({s.note})" if s.note else ""
+        steps.add(s.name, f"RAM ~{s.ram / GB:.1f} GB, disk ~{s.disk / GB:.1f} GB: {verdict(s, ram, disk)}{note}")
+    return [head, steps]
+
+
+def model_report(model_dir: str | Path) -> str:
+    """The same sections as plain text."""
+    from .doctor import format_report
+
+    return format_report(model_sections(model_dir))

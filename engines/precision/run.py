@@ -1,0 +1,216 @@
+"""The quantize command's work: calibrate once, make each precision graph, validate it, install it atomically."""
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from export.components import COMPONENTS
+from export.exporter import dedupe_initializers
+from export.manifest import Manifest, sha256_file
+from export.spec import GraphSpec
+from nextstep_ref.checkpoint import ModelBundle, load_model
+from nextstep_trt.errors import CheckFailed, UserError
+from nextstep_trt.metrics import compare
+from nextstep_trt.precision import Precision
+from nextstep_trt.tolerances import graph_bound
+
+from .autocast import FP16_SAFE_MAX, cast_summary, mixed_precision
+from .calibrate import DEFAULT_PROMPTS, read_prompts, record_calibration
+from .fp8 import E4M3_MAX, FP8_EXCLUDE, FP8_GRAPHS, choose_linears, insert_qdq
+from .keep import keep_fp32
+from .overflow import OverflowProbe, OverflowReport
+from .ranges import RangeCollector, Runner
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """What `nextstep-trt quantize` was asked for."""
+
+    model_dir: Path
+    artifacts: Path
+    precision: Precision
+    graphs: tuple[str, ...] | None = None      # None: every exported graph the precision applies to
+    calib_file: Path | None = None             # extra prompts, one per line
+    exclude: tuple[str, ...] | None = None     # fp8: parameter globs kept high precision (None: FP8_EXCLUDE)
+    validate: bool = True                      # level 1 against the reference before installing
+
+
+def _version(pkg: str) -> str:
+    try:
+        return md.version(pkg)
+    except md.PackageNotFoundError:
+        return "unknown"
+
+
+def select_graphs(manifest: Manifest, precision: Precision, asked: tuple[str, ...] | None, log=print) -> list[str]:
+    """The graphs to make; fp8 refuses VAE graphs named explicitly and skips them otherwise."""
+    if precision is Precision.FP32:
+        raise UserError("fp32 graphs come from `nextstep-trt export`; quantize makes fp16, bf16 or fp8")
+    names = list(asked) if asked else manifest.graphs
+    for name in names:
+        manifest.path(name)                                   # a UserError when the fp32 graph is missing
+    if precision is Precision.FP8:
+        vae = [n for n in names if n not in FP8_GRAPHS]
+        if asked and vae:
+            raise UserError(f"fp8 is made for the backbone and head graphs only; {', '.join(vae)} stays "
+                            "bf16/fp32 (design.md §3): drop it from --graphs")
+        for name in vae:
+            log(f"{name}: no fp8 graph (the VAE stays bf16/fp32; an fp8 deployment runs its fp32 graph)")
+        names = [n for n in names if n in FP8_GRAPHS]
+    if not names:
+        raise UserError(f"no graph to make at {precision.value}")
+    return names
+
+
+def calibrate(bundle: ModelBundle, manifest: Manifest, prompts: list[str],
+              consumers: dict[str, list]) -> dict:
+    """One pass of the reference over the calibration prompts, feeding each graph's consumers."""
+    def sink(graph: str, feeds) -> None:
+        for consumer in consumers.get(graph, []):
+            consumer.update(feeds)
+
+    start = time.perf_counter()
+    info = record_calibration(bundle, manifest.profile, prompts, sink)
+    return info | {"seconds": round(time.perf_counter() - start, 2)}
+
+
+def validate(bundle: ModelBundle, spec: GraphSpec, model: onnx.ModelProto, precision: Precision,
+             manifest: Manifest) -> dict:
+    """Level 1 on the export's validation cases; a CheckFailed names the case, tensor and bound."""
+    component, runner = COMPONENTS[spec.name], Runner(model, precision)
+    worst = (0.0, 1.0)
+    for case in component.cases(bundle, spec, manifest.profile, np.random.default_rng(0)):
+        got, ref = runner.run(case.feeds), component.run_reference(bundle, spec, case.feeds)
+        for name in spec.output_names:
+            m = compare(ref[name], np.asarray(got[name]).astype(np.float32))
+            bad = graph_bound(spec.name, precision, name).violations(m)
+            if bad:
+                raise CheckFailed(f"{spec.name} [{precision.value}] failed level 1 at {case.label}: {name}: "
+                                  f"{'; '.join(bad)} (the previous graph, if any, is untouched)")
+            worst = (max(worst[0], m.rel_l2), min(worst[1], m.cosine))
+    return {"ok": True, "worst_rel_l2": worst[0], "worst_cosine": worst[1],
+            "bound": graph_bound(spec.name, precision).describe()}
+
+
+def install(model: onnx.ModelProto, artifacts: Path, precision: Precision, graph: str) -> list[Path]:
+    """Write into a scratch folder beside the destination, then move into place (weights before the graph)."""
+    from export.exporter import save
+
+    dest = artifacts / precision.value
+    dest.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".quantize-{graph}-", dir=artifacts))
+    try:
+        files = save(model, scratch / f"{graph}.onnx")
+        onnx.checker.check_model(str(files[0]))
+        out = []
+        for f in sorted(files, key=lambda p: p.suffix != ".data"):
+            os.replace(f, dest / f.name)
+            out.append(dest / f.name)
+        return out
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _record(files: list[Path], artifacts: Path, model: onnx.ModelProto, recipe: dict, seconds: float,
+            validation: dict | None) -> dict:
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return {"file": str(files[0].relative_to(artifacts)), "files": [str(p.relative_to(artifacts)) for p in files],
+            "bytes": sum(p.stat().st_size for p in files), "sha256": sha256_file(files[0]), "opset": opset,
+            "quantize_seconds": round(seconds, 3), "validated": validation is not None,
+            "validation": validation or {}, "recipe": recipe}
+
+
+def _make(model: onnx.ModelProto, opts: QuantizeOptions, ranges: RangeCollector | None, choices: list | None,
+          source: Path) -> tuple[onnx.ModelProto, dict]:
+    """One precision graph and its recipe."""
+    if opts.precision is Precision.FP8:
+        out, quantized = insert_qdq(model, choices, ranges.amax)
+        done = {q["node"] for q in quantized}
+        never = {"reason": "its activation was 0 on every calibration input"}
+        kept = [c.to_dict() | ({} if c.reason else never) for c in choices if c.node not in done]
+        return out, {"tool": f"nextstep-trt fp8 pass (onnx-graphsurgeon {_version('onnx-graphsurgeon')})",
+                     "format": "FLOAT8E4M3FN per-tensor Q/DQ on activations; weights stored E4M3 + DequantizeLinear",
+                     "scale": f"activation amax/{E4M3_MAX:g} (max calibration), weight max|W|/{E4M3_MAX:g}",
+                     "exclude": list(opts.exclude or FP8_EXCLUDE), "quantized": quantized,
+                     "kept_high_precision": kept, "not_linear": "attention MatMuls (no weights) stay fp32"}
+    limit = FP16_SAFE_MAX if opts.precision is Precision.FP16 else None
+    keep = keep_fp32(model, ranges.amax if ranges else None, limit)
+    out = mixed_precision(source, opts.precision, keep)
+    dropped = dedupe_initializers(out)     # AutoCast copies weights shared by several nodes (the fused sampler's steps)
+    reasons: dict[str, int] = {}
+    for r in keep.values():
+        reasons[r] = reasons.get(r, 0) + 1
+    return out, {"tool": f"modelopt.onnx.autocast {_version('nvidia-modelopt')}", "keep_io_types": True,
+                 "fp16_safe_max": limit, "kept_fp32": {"count": len(keep), "by_reason": reasons, "nodes": keep},
+                 "deduplicated_initializers": dropped,
+                 **cast_summary(out, opts.precision)}
+
+
+def quantize_all(opts: QuantizeOptions, bundle: ModelBundle | None = None, log=print) -> dict[str, dict]:
+    """Make, validate and install every requested graph at ``opts.precision``; returns the manifest records."""
+    manifest = Manifest.load(opts.artifacts)
+    names = select_graphs(manifest, opts.precision, opts.graphs, log)
+    prompts = list(DEFAULT_PROMPTS) + (read_prompts(opts.calib_file) if opts.calib_file else [])
+    bundle = bundle or load_model(opts.model_dir)
+    manifest.check_model(bundle.config)
+    models = {g: onnx.load(manifest.path(g)) for g in names}
+    params = {k: v.detach().float().numpy() for k, v in bundle.model.state_dict().items()}
+    choices = {g: choose_linears(models[g], params, list(opts.exclude or FP8_EXCLUDE)) for g in names} \
+        if opts.precision is Precision.FP8 else {}
+    ranges: dict[str, RangeCollector] = {}
+    calibration = None
+    if opts.precision is not Precision.BF16:          # bf16 keeps fp32's range: nothing to measure
+        for g in names:
+            tensors = sorted({c.activation for c in choices[g] if c.reason is None}) if choices else None
+            ranges[g] = RangeCollector(models[g], tensors)
+        calibration = calibrate(bundle, manifest, prompts, {g: [c] for g, c in ranges.items()})
+        log(f"calibrated on {calibration['requests']} reference runs over {len(prompts)} prompts "
+            f"in {calibration['seconds']} s")
+    records = {}
+    for g in names:
+        start = time.perf_counter()
+        model, recipe = _make(models[g], opts, ranges.get(g), choices.get(g), manifest.path(g))
+        if calibration is not None:
+            recipe["calibration"] = calibration | {"samples": ranges[g].samples, "method": "max |x| (fp32 graph)"}
+        spec = manifest.spec(g)
+        validation = validate(bundle, spec, model, opts.precision, manifest) if opts.validate else None
+        files = install(model, opts.artifacts, opts.precision, g)
+        records[g] = _record(files, opts.artifacts, model, recipe, time.perf_counter() - start, validation)
+        manifest.record_graph(spec, manifest.data["graphs"][g].get("export_sizes", {}), opts.precision, records[g])
+        manifest.save()
+        log(f"{g} [{opts.precision.value}]: {records[g]['bytes'] / 2**20:.2f} MiB, {_kept_text(recipe)}"
+            + (f", level 1 worst rel-L2 {validation['worst_rel_l2']:.2e} cos {validation['worst_cosine']:.6f}"
+               if validation else ""))
+    return records
+
+
+def _kept_text(recipe: dict) -> str:
+    if "quantized" in recipe:
+        return f"{len(recipe['quantized'])} linear nodes fp8, {len(recipe['kept_high_precision'])} kept high precision"
+    return f"{recipe['kept_fp32']['count']} nodes kept fp32 ({recipe['kept_fp32']['by_reason']})"
+
+
+def overflow_reports(opts: QuantizeOptions, bundle: ModelBundle | None = None) -> list[OverflowReport]:
+    """FP16-vs-BF16 report of every graph with an fp16 graph (and its bf16 graph when made), on the calibration."""
+    manifest = Manifest.load(opts.artifacts)
+    names = [g for g in (opts.graphs or manifest.graphs) if "fp16" in manifest.data["graphs"].get(g, {}).get(
+        "precisions", {})]
+    if not names:
+        raise UserError(f"{opts.artifacts} has no fp16 graph to report on (run quantize --precision fp16 first)")
+    bundle = bundle or load_model(opts.model_dir)
+    probes = {}
+    for g in names:
+        has_bf16 = "bf16" in manifest.data["graphs"][g]["precisions"]
+        probes[g] = OverflowProbe(g, onnx.load(manifest.path(g)), onnx.load(manifest.path(g, Precision.FP16)),
+                                  onnx.load(manifest.path(g, Precision.BF16)) if has_bf16 else None)
+    prompts = list(DEFAULT_PROMPTS) + (read_prompts(opts.calib_file) if opts.calib_file else [])
+    calibrate(bundle, manifest, prompts, {g: [p] for g, p in probes.items()})
+    return [p.report() for p in probes.values()]

@@ -1,0 +1,25 @@
+"""doctor: Python, ONNX Runtime, TensorRT flavours, driver/GPU, memory, build estimates and what works here."""
+from __future__ import annotations
+
+import json
+
+HELP = {"doctor": "check this machine: packages, TensorRT flavours, GPU, memory, disk, and what will work here"}
+
+
+def add_arguments(name: str, p) -> None:
+    p.add_argument("--artifacts", metavar="ART", help="artifacts folder: estimate the build peak of its graphs")
+    p.add_argument("--graphs", nargs="+", metavar="GRAPH", help="only these graphs (with --artifacts)")
+    p.add_argument("--json", action="store_true", help="print the sections as JSON")
+    p.add_argument("--model", metavar="DIR", help="model folder: memory and disk each step needs for this model")
+
+
+def run(args) -> int:
+    from engines.doctor import doctor_report, format_report, report_dict
+
+    sections = doctor_report(args.artifacts, args.graphs)
+    if args.model:
+        from engines.estimate import model_sections
+
+        sections += model_sections(args.model)
+    print(json.dumps(report_dict(sections), indent=2) if args.json else format_report(sections))
+    return 0
