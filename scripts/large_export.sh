@@ -14,7 +14,7 @@ WORK=${1:-/tmp/nextstep-large}
 DTYPE=${DTYPE:-bf16}
 PRESET=${PRESET:-large}
 GRAPHS=${GRAPHS:-"backbone head_step head_sampler head_sampler_edit vae_decoder vae_encoder"}
-PROFILE=(--resolutions 256x256,512x512)   # two sizes: a single size makes a min == max dim that torch.export rejects
+PROFILE=(--resolutions 256x256,512x512)   # the two sizes the VAE graphs and the KV capacity are sized for
 MODEL="$WORK/model"
 ART="$WORK/art"
 SUMMARY="$WORK/summary.txt"
