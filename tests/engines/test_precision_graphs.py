@@ -221,3 +221,28 @@ def test_tiny_model_has_no_fp16_overflow(art, tiny_dir, tiny_bundle):
         assert r.samples > 10 and not r.overflowing() and r.rows
         assert all(row.fp16_new_inf == 0 and row.bf16_new_inf == 0 for row in r.rows)
         assert max(row.fp32_max for row in r.rows) < 65504
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "fp8"])
+def test_every_graph_builds_with_tensorrt_rtx_for_8_9(art, precision):
+    """The real precision graphs of the tiny model (not hand-made ones): every graph at every precision parses
+    and builds an engine for compute capability 8.9, and the engine's I/O matches the graph's spec."""
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
+    from engines.builder import BuildOptions, resolve_target
+    from engines.cache import build_engine
+
+    opts = BuildOptions("tensorrt-rtx", "8.9")
+    target = resolve_target(opts)
+    manifest = Manifest.load(art)
+    built = set()
+    for graph, p in manifest.graph_precisions(Precision(precision)).items():
+        if p.value != precision:
+            continue   # no fp8 VAE graph: an fp8 deployment runs the fp32 VAE engine
+        rec = build_engine(art, graph, precision, opts, target)
+        plan = rec.folder / "engine.plan"
+        assert plan.is_file() and plan.stat().st_size == rec.manifest["plan_bytes"] > 0, graph
+        spec = manifest.spec(graph, p)
+        names = [t["name"] for t in rec.manifest["io"] if t["mode"] == "input"]
+        assert names == spec.input_names, (graph, names)
+        built.add(graph)
+    assert built == (ALL if precision != "fp8" else ALL - {"vae_decoder", "vae_encoder"})
