@@ -40,7 +40,7 @@ from .run import ExportOptions, check_writable, install_graph
 from .sizes import graph_weight_bytes
 from .sources import WeightSources
 from .spotcheck import spot_check
-from .validate import validate_graph
+from .validate import ort_runner, validate_graph
 
 DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16}
 CONFIG_CODES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
@@ -162,7 +162,7 @@ def export_backbone(spec, opts: ExportOptions, manifest: Manifest, cfg: NextStep
         return spot_check(spec.name, path, model, sources, layer) if opts.validate else ParityReport()
 
     weight_bytes = sum(math.prod(t.shape) for k, t in sources.stored.items() if k.startswith(BACKBONE_KEYS))
-    return install_graph(spec, sizes, seconds, write, validate, opts, manifest, Precision(opts.dtype), extra,
+    return install_graph(spec, sizes, seconds, write, validate, opts.out_dir, manifest, Precision(opts.dtype), extra,
                          trt_parse=weight_bytes * torch.empty((), dtype=dtype).element_size() < TRT_PARSE_LIMIT)
 
 
@@ -188,10 +188,10 @@ def export_small(spec, opts: ExportOptions, manifest: Manifest, bundle: ModelBun
         if not opts.validate:
             return ParityReport()
         if dtype == torch.float32 and spec.name.startswith("head"):      # every profile case: cheap for the head
-            return validate_graph(bundle, spec, path, opts.profile)
+            return validate_graph(bundle, spec, ort_runner(path, spec), opts.profile)
         return spot_check(spec.name, path, model, sources)              # the VAE at 64x64 (largest case: 10 GB)
 
-    return install_graph(spec, sizes, seconds, write, validate, opts, manifest, Precision(opts.dtype), extra)
+    return install_graph(spec, sizes, seconds, write, validate, opts.out_dir, manifest, Precision(opts.dtype), extra)
 
 
 def export_low_memory(opts: ExportOptions, log=print, layer: int | None = None) -> ParityReport:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import onnx
+
 from nextstep_ref.checkpoint import ModelBundle, load_model
 from nextstep_trt.errors import UserError
 from nextstep_trt.precision import Precision
@@ -19,7 +21,7 @@ from .lint import lint_model
 from .manifest import Manifest, sha256_file
 from .profile import GRAPHS, DeploymentProfile, graph_specs
 from .spec import GraphSpec
-from .validate import validate_graph
+from .validate import ort_runner, validate_graph
 
 
 @dataclass(frozen=True)
@@ -64,17 +66,18 @@ def export_graph(bundle: ModelBundle, spec: GraphSpec, opts: ExportOptions, mani
         return save(holder.pop(), scratch / f"{spec.name}.onnx", opts.external_data)
 
     def validate(path: Path) -> ParityReport:
-        return validate_graph(bundle, spec, path, opts.profile) if opts.validate else ParityReport()
+        return validate_graph(bundle, spec, ort_runner(path, spec), opts.profile) if opts.validate else ParityReport()
 
-    return install_graph(spec, sizes, seconds, write, validate, opts, manifest)
+    return install_graph(spec, sizes, seconds, write, validate, opts.out_dir, manifest)
 
 
 def install_graph(spec: GraphSpec, sizes: dict[str, int], seconds: float, write: Callable[[Path], list[Path]],
-                  validate: Callable[[Path], ParityReport], opts: ExportOptions, manifest: Manifest,
+                  validate: Callable[[Path], ParityReport], out_dir: Path, manifest: Manifest,
                   precision: Precision = Precision.FP32, extra: dict | None = None,
                   trt_parse: bool = True) -> ParityReport:
-    """Write into a scratch folder, lint, validate, then install; a failing graph never replaces a good one."""
-    scratch = Path(tempfile.mkdtemp(prefix=f".export-{spec.name}-", dir=opts.out_dir))
+    """Write into a scratch folder, lint, validate, then install and record; a failing graph never replaces a good
+    one (export and quantize both install through here)."""
+    scratch = Path(tempfile.mkdtemp(prefix=f".export-{spec.name}-", dir=out_dir))
     try:
         files = write(scratch)
         findings = check_graph(files[0], spec, sizes)
@@ -83,14 +86,16 @@ def install_graph(spec: GraphSpec, sizes: dict[str, int], seconds: float, write:
             r = report.failures()[0]
             raise UserError(f"{spec.name} failed validation at {r.case}: {r.tensor}: {'; '.join(r.violations)} "
                             f"(the previous graph, if any, is untouched)")
-        installed = _install(files, opts.out_dir / Precision(precision).value)
+        installed = _install(files, out_dir / Precision(precision).value)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    record = {"file": str(installed[0].relative_to(opts.out_dir)),
-              "files": [str(p.relative_to(opts.out_dir)) for p in installed],
+    opset = next(o.version for o in onnx.load(installed[0], load_external_data=False).opset_import
+                 if o.domain in ("", "ai.onnx"))
+    record = {"file": str(installed[0].relative_to(out_dir)),
+              "files": [str(p.relative_to(out_dir)) for p in installed],
               "bytes": sum(p.stat().st_size for p in installed), "sha256": sha256_file(installed[0]),
-              "export_seconds": round(seconds, 3), "opset": opts.opset,
-              "validated": opts.validate, "validation": _summary(report),
+              "seconds": round(seconds, 3), "opset": opset,
+              "validated": bool(report.rows), "validation": _summary(report),
               "lint": [f"{f.severity} {f.code} {f.node}: {f.message}" for f in findings],
               "trt_parse": trt_parse_summary(installed[0]) if trt_parse else
               {"checked": False, "reason": "skipped: parsing reads every weight into memory"}}
@@ -150,7 +155,7 @@ def export_all(opts: ExportOptions, bundle: ModelBundle | None = None, log=print
     for name, spec in specs.items():
         graph_report = export_graph(bundle, spec, opts, manifest)
         rec = manifest.entry(name)
-        log(f"exported {name}: {rec['bytes'] / 2**20:.2f} MiB in {rec['export_seconds']:.1f} s"
+        log(f"exported {name}: {rec['bytes'] / 2**20:.2f} MiB in {rec['seconds']:.1f} s"
             + (f", validated on {rec['validation']['cases']} shapes" if opts.validate else ", not validated"))
         report.extend(graph_report)
     return report

@@ -2,25 +2,18 @@
 from __future__ import annotations
 
 import importlib.metadata as md
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 
-from export.components import COMPONENTS
 from export.exporter import dedupe_initializers
-from export.manifest import Manifest, sha256_file
-from export.spec import GraphSpec
+from export.manifest import Manifest
 from nextstep_ref.checkpoint import ModelBundle, load_model
-from nextstep_trt.errors import CheckFailed, UserError
-from nextstep_trt.metrics import compare
+from nextstep_trt.errors import UserError
 from nextstep_trt.precision import Precision
-from nextstep_trt.tolerances import graph_bound
+from nextstep_trt.report import ParityReport
 
 from .autocast import FP16_SAFE_MAX, cast_summary, mixed_precision
 from .calibrate import DEFAULT_PROMPTS, read_prompts, record_calibration
@@ -82,52 +75,6 @@ def calibrate(bundle: ModelBundle, manifest: Manifest, prompts: list[str],
     return info | {"seconds": round(time.perf_counter() - start, 2)}
 
 
-def validate(bundle: ModelBundle, spec: GraphSpec, model: onnx.ModelProto, precision: Precision,
-             manifest: Manifest) -> dict:
-    """Level 1 on the export's validation cases; a CheckFailed names the case, tensor and bound."""
-    component, runner = COMPONENTS[spec.name], Runner(model, precision)
-    worst = (0.0, 1.0)
-    for case in component.cases(bundle, spec, manifest.profile, np.random.default_rng(0)):
-        got, ref = runner.run(case.feeds), component.run_reference(bundle, spec, case.feeds)
-        for name in spec.output_names:
-            m = compare(ref[name], np.asarray(got[name]).astype(np.float32))
-            bad = graph_bound(spec.name, precision, name).violations(m)
-            if bad:
-                raise CheckFailed(f"{spec.name} [{precision.value}] failed level 1 at {case.label}: {name}: "
-                                  f"{'; '.join(bad)} (the previous graph, if any, is untouched)")
-            worst = (max(worst[0], m.rel_l2), min(worst[1], m.cosine))
-    return {"ok": True, "worst_rel_l2": worst[0], "worst_cosine": worst[1],
-            "bound": graph_bound(spec.name, precision).describe()}
-
-
-def install(model: onnx.ModelProto, artifacts: Path, precision: Precision, graph: str) -> list[Path]:
-    """Write into a scratch folder beside the destination, then move into place (weights before the graph)."""
-    from export.exporter import save
-
-    dest = artifacts / precision.value
-    dest.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".quantize-{graph}-", dir=artifacts))
-    try:
-        files = save(model, scratch / f"{graph}.onnx")
-        onnx.checker.check_model(str(files[0]))
-        out = []
-        for f in sorted(files, key=lambda p: p.suffix != ".data"):
-            os.replace(f, dest / f.name)
-            out.append(dest / f.name)
-        return out
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _record(files: list[Path], artifacts: Path, model: onnx.ModelProto, recipe: dict, seconds: float,
-            validation: dict | None) -> dict:
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    return {"file": str(files[0].relative_to(artifacts)), "files": [str(p.relative_to(artifacts)) for p in files],
-            "bytes": sum(p.stat().st_size for p in files), "sha256": sha256_file(files[0]), "opset": opset,
-            "quantize_seconds": round(seconds, 3), "validated": validation is not None,
-            "validation": validation or {}, "recipe": recipe}
-
-
 def _make(model: onnx.ModelProto, opts: QuantizeOptions, ranges: RangeCollector | None, choices: list | None,
           source: Path) -> tuple[onnx.ModelProto, dict]:
     """One precision graph and its recipe."""
@@ -180,16 +127,35 @@ def quantize_all(opts: QuantizeOptions, bundle: ModelBundle | None = None, log=p
         model, recipe = _make(models[g], opts, ranges.get(g), choices.get(g), manifest.path(g))
         if calibration is not None:
             recipe["calibration"] = calibration | {"samples": ranges[g].samples, "method": "max |x| (fp32 graph)"}
-        spec = manifest.spec(g)
-        validation = validate(bundle, spec, model, opts.precision, manifest) if opts.validate else None
-        files = install(model, opts.artifacts, opts.precision, g)
-        records[g] = _record(files, opts.artifacts, model, recipe, time.perf_counter() - start, validation)
-        manifest.record_graph(spec, manifest.data["graphs"][g].get("export_sizes", {}), opts.precision, records[g])
-        manifest.save()
+        report = _install(bundle, manifest, g, model, recipe, opts, time.perf_counter() - start)
+        records[g] = manifest.entry(g, opts.precision)
+        worst = min((r.metrics.cosine for r in report.rows), default=None)
         log(f"{g} [{opts.precision.value}]: {records[g]['bytes'] / 2**20:.2f} MiB, {_kept_text(recipe)}"
-            + (f", level 1 worst rel-L2 {validation['worst_rel_l2']:.2e} cos {validation['worst_cosine']:.6f}"
-               if validation else ""))
+            + (f", level 1 worst rel-L2 {records[g]['validation']['worst_rel_l2']:.2e} cos {worst:.6f}"
+               if report.rows else ""))
     return records
+
+
+def _install(bundle: ModelBundle, manifest: Manifest, graph: str, model: onnx.ModelProto, recipe: dict,
+             opts: QuantizeOptions, seconds: float):
+    """Level 1 against the reference, then install and record, through the export's install_graph."""
+    from export.exporter import save
+    from export.run import install_graph
+    from export.validate import validate_graph
+
+    spec = manifest.spec(graph)
+
+    def write(scratch: Path) -> list[Path]:
+        return save(model, scratch / f"{graph}.onnx")
+
+    def validate(path: Path):
+        if not opts.validate:
+            return ParityReport()
+        return validate_graph(bundle, spec, Runner(model, opts.precision).run, manifest.profile, opts.precision)
+
+    sizes = manifest.data["graphs"][graph].get("export_sizes", {})
+    return install_graph(spec, sizes, seconds, write, validate, opts.artifacts, manifest, opts.precision,
+                         {"recipe": recipe})
 
 
 def _kept_text(recipe: dict) -> str:

@@ -52,9 +52,9 @@ def test_fp8_head_step_is_recorded_and_a_failing_graph_never_replaces_it(capsys,
     monkeypatch.setitem(tolerances.GRAPH_BOUNDS, ("head_step", Precision.FP8), Bound(rel_l2=1e-9))
     code, out, err = _run(capsys, "quantize", "--model", tiny_dir, "--artifacts", art, "--precision", "fp8",
                           "--graphs", "head_step")
-    assert code == 1 and len(err.splitlines()) == 1 and "rel_l2" in err and "untouched" in err
+    assert code == 2 and len(err.splitlines()) == 1 and "rel_l2" in err and "untouched" in err
     assert _sha(art / "fp8" / "head_step.onnx") == good and (art / "manifest.json").read_text() == manifest_before
-    assert not [p for p in art.iterdir() if p.name.startswith(".quantize-")]
+    assert not [p for p in art.iterdir() if p.name.startswith(".export-")]
 
 
 def test_the_exclusion_list_is_data(capsys, art, tiny_dir):
