@@ -58,14 +58,14 @@ class ParityReport:
     def table(self) -> str:
         """A readable table: one line per (level, graph, case, tensor)."""
         head = f"{'lvl':>3} {'graph':<18} {'prec':<5} {'case':<28} {'tensor':<14} {'max_abs':>9} {'rel_l2':>9} " \
-               f"{'cosine':>10}  {'bound':<26} ok"
+               f"{'cosine':>10}  {'bound':<32} ok"
         lines = [head, "-" * len(head)]
         for r in self.rows:
             m = r.metrics
             nums = f"{m.max_abs:9.2e} {m.rel_l2:9.2e} {m.cosine:10.7f}" if m else \
                 " ".join(f"{k}={v}" for k, v in r.extra.items())[:30].ljust(30)
             lines.append(f"{r.level:>3} {r.graph:<18} {r.precision:<5} {r.case[:28]:<28} {r.tensor[:14]:<14} "
-                         f"{nums}  {r.bound.describe()[:26]:<26} {'yes' if r.ok else 'NO'}")
+                         f"{nums}  {r.bound.describe()[:32]:<32} {'yes' if r.ok else 'NO'}")
         return "\n".join(lines + self.notes)
 
     def worst_per_graph(self) -> "ParityReport":

@@ -7,7 +7,8 @@ import time
 import numpy as np
 from pathlib import Path
 
-HELP = {"demo": "tiny model end to end: init, export, validate, generate (ONNX Runtime + reference), parity"}
+HELP = {"demo": "tiny model end to end: init, export, validate, build engines, generate (ONNX Runtime + reference), "
+                "parity"}
 PROMPT = "a photo of a red fox in the snow"
 RESOLUTIONS = "32x32,48x32,64x64"
 
@@ -23,6 +24,30 @@ def _timed(log: dict, key: str, fn):
     result = fn()
     log[key] = round(time.perf_counter() - start, 3)
     return result
+
+
+def _build_engines(artifacts: Path, timing: dict) -> list[dict]:
+    """TensorRT-RTX engines of every fp32 graph for compute capability 8.9 (ahead of time: no GPU needed)."""
+    try:
+        from engines.builder import BuildOptions, resolve_target
+        from engines.cache import build_engine
+        from export.trt_check import import_flavor
+
+        import_flavor("tensorrt-rtx")
+    except Exception as err:  # the engine step is optional: the demo still runs the ONNX Runtime path
+        print(f"[3/6] TensorRT-RTX engines: skipped ({str(err).splitlines()[0]})")
+        return []
+    print("[3/6] TensorRT-RTX engines for compute capability 8.9 (built ahead of time, no GPU needed)")
+    from export.manifest import Manifest
+
+    opts = BuildOptions("tensorrt-rtx", "8.9")
+    target = resolve_target(opts)
+    start = time.perf_counter()
+    rows = [build_engine(artifacts, g, "fp32", opts, target).row() for g in Manifest.load(artifacts).graphs]
+    timing["build_engines_s"] = round(time.perf_counter() - start, 3)
+    for r in rows:
+        print(f"      {r['graph']:<18} {r['plan_mib']:6.2f} MiB plan, {r['seconds']:.2f} s")
+    return rows
 
 
 def run(args) -> int:
@@ -45,19 +70,20 @@ def run(args) -> int:
     sampler = SamplerConfig(steps=args.steps, shift=1.0, use_norm=True)
     profile = DeploymentProfile(max_batch=4, max_text_tokens=32, resolutions=parse_resolutions(RESOLUTIONS),
                                 t2i_sampler=sampler, edit_sampler=SamplerConfig(args.steps, 3.2, use_norm=True))
-    print(f"[1/5] tiny random-weight model -> {out / 'model'}")
+    print(f"[1/6] tiny random-weight model -> {out / 'model'}")
     _timed(timing, "init_model_s", lambda: save_model_folder(out / "model", tiny(), *init_random(tiny(), args.seed),
                                                               max_shard_bytes=2**17))
     bundle = load_model(out / "model")
-    print(f"[2/5] export + level-1 validation -> {out / 'artifacts'}")
+    print(f"[2/6] export + level-1 validation -> {out / 'artifacts'}")
     _timed(timing, "export_s", lambda: export_all(ExportOptions(out / "model", out / "artifacts", profile=profile),
                                                   bundle))
+    engines = _build_engines(out / "artifacts", timing)
     opts = GenerationOptions(height=64, width=64, cfg=2.0, steps=args.steps, seed=args.seed)
-    print("[3/5] generate with ONNX Runtime and with the PyTorch reference")
+    print("[4/6] generate with ONNX Runtime and with the PyTorch reference")
     with OrtBackend(out / "artifacts") as backend:
         ort_pixels = _timed(timing, "generate_onnxruntime_s",
                             lambda: run_request(backend, bundle.tokenizer, Request([PROMPT], opts)))
-        print("[4/5] parity, levels 1-3")
+        print("[5/6] parity, levels 1-3")
         report = _timed(timing, "verify_s", lambda: verify_backend(backend, LiveReference(bundle, profile), "fp32",
                                                                    log=lambda *_: None))
     ref_images = _timed(timing, "generate_torch_s", lambda: generate_image(bundle, PROMPT, **vars(opts)))
@@ -69,13 +95,13 @@ def run(args) -> int:
 
     demo_psnr = psnr(np.asarray(ref_images[0]), ort_pixels[0])
     timing_note = f"demo image 64x64: ONNX Runtime vs PyTorch reference PSNR {demo_psnr:.1f} dB"
-    print("[5/5] report")
+    print("[6/6] report")
     print(report.worst_per_graph().table())
     print(f"{len(report.rows)} checks, {len(report.failures())} failed")
     print(timing_note)
     print("timing (s): " + json.dumps(timing))
     write_json(out / "report.json", {"timing_s": timing, "prompt": PROMPT, "demo_image_psnr_db": str(demo_psnr),
-                                     "parity": report.to_json()})
+                                     "engines": engines, "parity": report.to_json()})
     (out / "report.txt").write_text(report.table() + "\n")
     print(f"wrote {out / 'onnxruntime.png'}, {out / 'torch.png'}, {out / 'report.json'}")
     report.raise_on_failure()
