@@ -1,20 +1,24 @@
 """ONNX Runtime backend: one session per graph, IO binding, output buffers reused across steps (torch-free)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
 from export.manifest import Manifest
+from nextstep_ref.weights import head_shapes
 from nextstep_trt.precision import Precision
 
 from .backend import Backend, Feeds
 from .ort_session import make_session
 
 
-# intra-op threads per graph when the caller asks for the default (0): the head's GEMMs are [rows,192]-sized and
-# lose to thread-pool synchronisation, so 1 thread; the backbone and the VAE take every core (ORT's default).
-GRAPH_THREADS = {"head_step": 1, "head_sampler": 1, "head_sampler_edit": 1}
+# With the default thread count (0), a cache-sized head runs on the calling thread: a head session with a pool of
+# its own spins against the backbone's pool between calls (bench preset, 2 cores: decode 37 -> 20 ms per step with
+# the 4.3 MiB head on 1 thread). Bigger heads (Large: 600 MiB fp32, memory-bound) and every other graph keep ORT's
+# default pool of one thread per core.
+SMALL_HEAD_BYTES = 64 * 2**20
 
 
 class OrtBackend(Backend):
@@ -45,10 +49,15 @@ class OrtBackend(Backend):
             self.spec(graph)
             prefix = f"{self.profile_prefix}_{graph}" if self.profile_prefix else None
             path = self.manifest.path(graph, self.graph_precision[graph])
-            threads = self.threads or GRAPH_THREADS.get(graph, 0)
-            self._sessions[graph] = make_session(path, self.device, threads, prefix)
+            self._sessions[graph] = make_session(path, self.device, self.threads or self.default_threads(graph),
+                                                 prefix)
             self._bindings[graph] = self._sessions[graph].io_binding()
         return self._sessions[graph]
+
+    def default_threads(self, graph: str) -> int:
+        """Intra-op threads of ``graph`` when none were asked for: 1 for a cache-sized head, else 0 (ORT's default)."""
+        head = sum(math.prod(s) for s in head_shapes(self.config.head).values()) * 4
+        return 1 if graph.startswith("head_") and head <= SMALL_HEAD_BYTES else 0
 
     def thread_counts(self) -> dict[str, int]:
         """Intra-op threads of each open session (0: ONNX Runtime's default, one per physical core)."""

@@ -1,0 +1,96 @@
+"""ONNX Runtime / TensorRT timed through the runtime loop with a timing wrapper around the Backend (torch-free)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from nextstep_ref.latents import token_grid
+from nextstep_ref.noise import NoiseSource, image_seeds
+from nextstep_ref.options import GenerationOptions
+
+from ..backend import Backend
+from ..loop import Request, decode_images, run_request
+from .timing import CallLog, TimedBackend, time_calls
+
+SOURCE = ("instrumented runtime loop (runtime.loop.run_request): timing wrapper around the Backend's backbone, "
+          "sample and decode calls")
+
+
+class _Stop(Exception):
+    """Ends a warm-up run after a few tokens."""
+
+
+class LoopRunner:
+    """``generate`` runs ``run_request`` on the wrapped backend and returns (uint8 images [B,H,W,3], its CallLog)."""
+
+    def __init__(self, name: str, backend: Backend, tokenizer, precision: str = "fp32"):
+        self.name, self.backend, self.tokenizer = name, backend, tokenizer
+        self.config = backend.config
+        graph_precision = getattr(backend, "graph_precision", {}).get("backbone")   # fp32 where no such graph
+        self.precision = graph_precision.value if graph_precision is not None else precision
+        self.timed = TimedBackend(backend)
+        self.timing_source = SOURCE
+        self.cond: np.ndarray | None = None           # a condition the sampler saw, for the micro-benchmark
+        self.max_tokens = backend.spec("backbone").attrs.get("max_prompt_tokens")
+
+    def __enter__(self) -> "LoopRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.backend.close()
+
+    def _keep_cond(self, k: int, tokens: np.ndarray, cond: np.ndarray) -> None:
+        if k == 0:
+            self.cond = cond.copy()
+
+    def generate(self, opts: GenerationOptions, prompt: str) -> tuple[np.ndarray, CallLog]:
+        """One timed request of ``opts.images_per_prompt`` images."""
+        self.timed.log = CallLog()
+        start = time.perf_counter()
+        images = run_request(self.timed, self.tokenizer, Request([prompt], opts), callback=self._keep_cond,
+                             max_tokens=self.max_tokens)
+        self.timed.log.e2e = time.perf_counter() - start
+        return images, self.timed.log
+
+    def warm_up(self, opts: GenerationOptions, prompt: str, tokens: int = 2) -> float:
+        """Prefill, ``tokens`` sampler calls and decode steps and one VAE decode at this batch (sessions, arenas)."""
+        start = time.perf_counter()
+
+        def stop(k: int, tok: np.ndarray, cond: np.ndarray) -> None:
+            self._keep_cond(k, tok, cond)
+            if k + 1 >= tokens:
+                raise _Stop
+
+        try:
+            run_request(self.backend, self.tokenizer, Request([prompt], opts), callback=stop,
+                        max_tokens=self.max_tokens)
+        except _Stop:
+            pass
+        h, w = token_grid(opts.height, opts.width, self.backend.config.pixels_per_token)
+        zeros = np.zeros((opts.images_per_prompt, h * w, self.backend.config.token_dim), np.float32)
+        decode_images(self.backend, zeros, opts.height, opts.width)
+        return time.perf_counter() - start
+
+    def sampler_micro(self, opts: GenerationOptions, calls: int) -> tuple[float | None, float | None]:
+        """(fused graph ms, per-step head_step loop ms) per token, on a condition the loop produced."""
+        if self.cond is None:
+            return None, None
+        b, sampler = opts.images_per_prompt, opts.sampler_config()
+        noise = NoiseSource(image_seeds(opts.seed, 1, b), opts.steps, self.backend.config.token_dim).next()
+        cfg = np.full(b, opts.cfg, np.float32)
+        fused = None
+        if self.backend.fused_sampler(sampler, edit=False) is not None:
+            fused = time_calls(lambda: self.backend.sample(self.cond, noise, cfg, None, sampler), calls)
+        steps = None
+        if self.backend.has("head_step"):
+            steps = time_calls(lambda: self.backend.sample_steps(self.cond, noise, cfg, None, sampler), calls)
+        return fused, steps
+
+    def kv_capacity(self, opts: GenerationOptions, prompt: str) -> int:
+        """Slots per row of the backend's cache (the exported capacity: the graph attends over all of them)."""
+        cache = getattr(self.backend, "cache", None)
+        return self.backend.max_capacity() or (cache.capacity if cache is not None else 0)
+
+    def threads(self) -> dict[str, int]:
+        return dict(getattr(self.backend, "thread_counts", lambda: {})())

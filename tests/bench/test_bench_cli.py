@@ -1,0 +1,44 @@
+"""`nextstep-trt bench` from the command line: the table, --json, --profile, and bad input in one line (exit 2)."""
+from __future__ import annotations
+
+import json
+
+from nextstep_trt.cli import main
+
+
+def _bench(tiny_dir, tiny_artifacts, *extra):
+    return ["bench", "--model", str(tiny_dir), "--artifacts", str(tiny_artifacts[0]), "--height", "32", "--width",
+            "32", "--steps", "3", "--cfg", "2", "--bandwidth-mib", "32", *extra]
+
+
+def _one_line_error(capsys, argv, text):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert text in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_cli_table_json_and_profile(capsys, tiny_dir, tiny_artifacts, tmp_path):
+    out, prof = tmp_path / "bench.json", tmp_path / "prof"
+    argv = _bench(tiny_dir, tiny_artifacts, "--backends", "torch,onnxruntime", "--batch", "2", "--json", str(out),
+                  "--profile", str(prof), "--profile-tokens", "2")
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "per stage" in text and "targets" in text and "onnxruntime" in text
+    data = json.loads(out.read_text())
+    assert [r["batch"] for r in data["runs"]] == [2, 2]
+    assert list(prof.glob("ort_backbone_*.json")) and list(prof.glob("ort_head_sampler_*.json"))
+    assert (prof / "torch_trace.json").is_file() and (prof / "ort_summary.txt").read_text().strip()
+    assert set(data["profile_files"]) >= {str(prof / "torch_trace.json"), str(prof / "ort_summary.txt")}
+
+
+def test_cli_unknown_backend(capsys, tiny_dir, tiny_artifacts):
+    _one_line_error(capsys, _bench(tiny_dir, tiny_artifacts, "--backends", "torch,onnxruntim"), "unknown backend")
+
+
+def test_cli_batch_above_profile(capsys, tiny_dir, tiny_artifacts):
+    _one_line_error(capsys, _bench(tiny_dir, tiny_artifacts, "--batch", "1,5"), "exceeds the exported max batch 4")
+
+
+def test_cli_bad_batch_and_missing_artifacts(capsys, tiny_dir, tiny_artifacts):
+    _one_line_error(capsys, _bench(tiny_dir, tiny_artifacts, "--batch", "one"), "--batch takes")
+    _one_line_error(capsys, ["bench", "--model", str(tiny_dir), "--backends", "onnxruntime"], "need --artifacts")
