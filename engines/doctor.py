@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nextstep_trt.errors import UserError
+from nextstep_trt.resources import meminfo
 
 from .gpu import GpuProbe, cc_tuple, probe_gpu
 
@@ -92,14 +93,8 @@ def gpu_section(probe: GpuProbe) -> Section:
 
 
 def host_memory_available() -> int | None:
-    """MemAvailable from /proc/meminfo, in bytes."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    """MemAvailable from /proc/meminfo, in bytes (None when unknown)."""
+    return meminfo().get("MemAvailable")
 
 
 def host_section(artifacts: Path | None) -> Section:

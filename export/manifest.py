@@ -9,6 +9,7 @@ from nextstep_ref.config import NextStepConfig, config_from_dicts, model_config_
 from nextstep_trt.errors import UserError
 from nextstep_trt.fileio import write_json
 from nextstep_trt.precision import Precision
+from nextstep_trt.resources import versions as installed_versions
 
 from .profile import DeploymentProfile
 from .spec import SPEC_VERSION, GraphSpec
@@ -26,16 +27,9 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
 
 
 def versions() -> dict:
-    """Versions of the tools that made an artifact (torch only if importable)."""
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("nextstep-trt", "torch", "onnx", "onnxruntime", "onnxscript", "tensorrt-rtx", "tensorrt"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+    """Versions of the tools that made an artifact (those installed)."""
+    return installed_versions(("nextstep-trt", "torch", "onnx", "onnxruntime", "onnxscript", "tensorrt-rtx",
+                               "tensorrt"))
 
 
 class Manifest:

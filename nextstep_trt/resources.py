@@ -37,16 +37,41 @@ def require_disk(path: str | Path, need: int, what: str) -> None:
                         f"{existing_parent(path)}, which has {gb(free)} free")
 
 
-def meminfo() -> dict[str, int]:
-    """/proc/meminfo in bytes ({} where it does not exist)."""
+def proc_sizes(path: str = "/proc/meminfo") -> dict[str, int]:
+    """The 'Key: number [kB]' lines of a /proc file (meminfo, self/status) in bytes ({} where it does not exist)."""
     out = {}
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            key, value = line.split(":", 1)
-            parts = value.split()
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        key, _, value = line.partition(":")
+        parts = value.split()
+        if parts and parts[0].isdigit():
             out[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
-    except (OSError, ValueError, IndexError):
-        pass
+    return out
+
+
+def meminfo() -> dict[str, int]:
+    """/proc/meminfo in bytes ({} where it does not exist)."""
+    return proc_sizes("/proc/meminfo")
+
+
+def rss_bytes() -> int:
+    """VmRSS of this process now (0 where /proc is missing)."""
+    return proc_sizes("/proc/self/status").get("VmRSS", 0)
+
+
+def versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions of ``packages`` (those not installed are left out)."""
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in packages:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
     return out
 
 

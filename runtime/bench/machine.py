@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from nextstep_trt.resources import meminfo
+from nextstep_trt.resources import versions as installed_versions
 
 MiB = 2**20
 
@@ -50,15 +51,8 @@ def load_average() -> tuple[float, float, float]:
 
 def versions() -> dict[str, str]:
     """Versions of python and the libraries that time anything here (those installed)."""
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("nextstep-trt", "numpy", "torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-rtx"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+    return {"python": platform.python_version()} | installed_versions(
+        ("nextstep-trt", "numpy", "torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-rtx"))
 
 
 @dataclass

@@ -4,9 +4,10 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
+
+from nextstep_trt.resources import rss_bytes
 
 MiB = 2**20
 
@@ -60,17 +61,6 @@ def measure_bandwidth(size_mib: int = 512, repeats: int = 5, threads: int = 2) -
             many.append(traffic / _split(np.copyto, (dst, src), threads) / 1e9)
         read.append(src.nbytes / _split(np.bitwise_or.reduce, (src.view(np.uint64),), threads) / 1e9)
     return Bandwidth(size_mib, repeats, max(one), max(many or one), threads, max(read), samples_gbps=one + many)
-
-
-def rss_bytes() -> int:
-    """VmRSS of this process now (0 where /proc is missing)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 class RssSampler:
