@@ -11,7 +11,7 @@ from nextstep_trt.errors import CheckFailed, UserError
 COMMANDS = {
     "demo": "demo", "init-tiny": "init", "init-model": "init", "export": "export", "inspect": "inspect",
     "quantize": "quantize", "build": "build", "generate": "generate", "edit": "generate", "verify": "verify",
-    "record": "verify", "bench": "bench", "doctor": "doctor", "serve": "serve", "client": "serve",
+    "record": "verify", "bench": "bench", "floor": "bench", "doctor": "doctor", "serve": "serve", "client": "serve",
     "triton-repo": "serve",
 }
 

@@ -6,10 +6,13 @@ from pathlib import Path
 from nextstep_trt.errors import UserError
 
 HELP = {"bench": "time every stage on torch / torch.compile / onnxruntime / tensorrt: ratios, roofline, memory, "
-                 "parity"}
+                 "parity",
+        "floor": "the memory-bandwidth floor (weights / bandwidth) of a model's decode and sampler steps on GPUs"}
 
 
 def add_arguments(name: str, p) -> None:
+    if name == "floor":
+        return _floor_arguments(p)
     p.add_argument("--model", required=True, help="model folder (e.g. from `init-tiny --preset bench`)")
     p.add_argument("--artifacts", help="exported artifacts folder (onnxruntime and tensorrt backends)")
     p.add_argument("--backends", default="torch,torch-compile,onnxruntime",
@@ -30,6 +33,51 @@ def add_arguments(name: str, p) -> None:
     p.add_argument("--profile", help="folder for ONNX Runtime per-op profiles and a torch profiler trace")
     p.add_argument("--profile-tokens", type=int, default=8, help="image tokens per profiled run")
     p.add_argument("--bandwidth-mib", type=int, default=512, help="size of the bandwidth copy (>= 512 recommended)")
+
+
+def _floor_arguments(p) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", default="large", help="config preset (large, bench, tiny)")
+    src.add_argument("--model", help="model folder: its config.json instead of a preset")
+    p.add_argument("--bandwidth", help="comma-separated NAME=GB/s (default: data-sheet peaks of H100, A100, "
+                                       "RTX 4090, L40S)")
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--batch", default="1,4")
+    p.add_argument("--dtype", default="bf16", choices=["fp32", "fp16", "bf16", "fp8"], help="weight dtype")
+
+
+def _devices(text: str | None) -> dict[str, float]:
+    from runtime.bench.floor import default_devices
+
+    if not text:
+        return default_devices()
+    out = {}
+    for item in text.split(","):
+        name, _, value = item.rpartition("=")
+        try:
+            gbps = float(value)
+        except ValueError:
+            gbps = 0.0
+        if gbps <= 0:
+            raise UserError(f"--bandwidth takes NAME=GB/s items with positive numbers, got {item!r}")
+        out[name.strip() or f"{gbps:g} GB/s"] = gbps
+    return out
+
+
+def run_floor(args) -> int:
+    from nextstep_ref.config import load_config, preset
+    from runtime.bench.floor import FloorOptions, floor_table
+
+    cfg = load_config(args.model) if args.model else preset(args.preset)
+    if min(args.height, args.width, args.steps, args.prompt_tokens) < 1:
+        raise UserError("--height, --width, --steps and --prompt-tokens must be >= 1")
+    opts = FloorOptions(_devices(args.bandwidth), args.height, args.width, args.steps, args.prompt_tokens,
+                        _ints(args.batch, "--batch"), args.dtype)
+    print(floor_table(cfg, opts))
+    return 0
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:
@@ -60,6 +108,8 @@ def options_from_args(args):
 
 
 def run(args) -> int:
+    if args.command == "floor":
+        return run_floor(args)
     from nextstep_trt.fileio import write_json
     from nextstep_trt.precision import Precision
     from runtime.bench.run import backend_order

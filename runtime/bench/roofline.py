@@ -64,12 +64,17 @@ def roofline(cfg: NextStepConfig, *, precision: str, rows: int, capacity: int, s
                     bool(last_level_cache) and head <= last_level_cache, read_gbps, read_frac)
 
 
+# Peak memory bandwidth from the vendors' data sheets (GB/s), for the floor estimate's default table.
+DATASHEET_GBPS = {"H100 SXM": 3350.0, "A100 80GB SXM": 2039.0, "RTX 4090": 1008.0, "L40S": 864.0}
+
+
 def floor_estimate(cfg: NextStepConfig, bandwidth_gbps: float, tokens: int, prompt: int, steps: int, batch: int = 1,
-                   weight_bytes: int = 2) -> dict[str, float]:
+                   weight_bytes: int = 2, kv_bytes: int = 2) -> dict[str, float]:
     """Lower bound on seconds per request when every decode step and sampler step streams its weights once at
-    ``bandwidth_gbps`` (the KV cache at the final length, CFG rows = 2 x batch)."""
+    ``bandwidth_gbps`` (the KV cache at the final length, CFG rows = 2 x batch; compute, the VAE and the prefill are
+    left out: they are compute-bound and short next to the token loop)."""
     gb = bandwidth_gbps * 1e9
-    decode = decode_step_bytes(cfg, 2 * batch, prompt + tokens, weight_bytes, weight_bytes) / gb
+    decode = decode_step_bytes(cfg, 2 * batch, prompt + tokens, weight_bytes, kv_bytes) / gb
     sampler = sampler_token_bytes(cfg, steps, fused=True, weight_bytes=weight_bytes) / gb
     total = (tokens - 1) * decode + tokens * sampler
     return {"decode_step_ms": decode * 1e3, "sampler_step_ms": sampler / steps * 1e3,
