@@ -81,12 +81,15 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys = torch.cat([past_k, k], dim=2)                                             # [B,KVH,C+S,D]
         values = torch.cat([past_v, v], dim=2)
+        # GQA without copying K/V per query head: query head h reads KV head h // group, so the group's heads are
+        # stacked along the sequence axis and attend to their shared K/V in one batched matmul.
         group = cfg.num_heads // cfg.num_kv_heads
-        keys = keys.repeat_interleave(group, dim=1)                                      # [B,H,C+S,D]
-        values = values.repeat_interleave(group, dim=1)
-        scores = (q @ keys.transpose(-1, -2)) * cfg.head_dim**-0.5 + bias                # [B,H,S,C+S]
+        qg = q.reshape(b, cfg.num_kv_heads, group * s, cfg.head_dim)                       # [B,KVH,G*S,D]
+        scores = (qg @ keys.transpose(-1, -2)) * cfg.head_dim**-0.5                      # [B,KVH,G*S,C+S]
+        scores = scores.view(b, cfg.num_kv_heads, group, s, -1) + bias[:, :, None]       # [B,KVH,G,S,C+S]
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-        out = (probs @ values).transpose(1, 2).reshape(b, s, -1)                          # [B,S,H*D]
+        out = probs.view(b, cfg.num_kv_heads, group * s, -1) @ values                    # [B,KVH,G*S,D]
+        out = out.view(b, cfg.num_heads, s, cfg.head_dim).transpose(1, 2).reshape(b, s, -1)  # [B,S,H*D]
         return self.o_proj(out), k, v
 
 
