@@ -81,15 +81,14 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys = torch.cat([past_k, k], dim=2)                                             # [B,KVH,C+S,D]
         values = torch.cat([past_v, v], dim=2)
-        # GQA without copying K/V per query head: query head h reads KV head h // group, so the group's heads are
-        # stacked along the sequence axis and attend to their shared K/V in one batched matmul.
+        # GQA without a copy of K/V per query head: query head h reads KV head h // group, so the query heads are
+        # split into [KVH, G] and every group attends to its shared K/V by a broadcast matmul.
         group = cfg.num_heads // cfg.num_kv_heads
-        qg = q.reshape(b, cfg.num_kv_heads, group * s, cfg.head_dim)                       # [B,KVH,G*S,D]
-        scores = (qg @ keys.transpose(-1, -2)) * cfg.head_dim**-0.5                      # [B,KVH,G*S,C+S]
-        scores = scores.view(b, cfg.num_kv_heads, group, s, -1) + bias[:, :, None]       # [B,KVH,G,S,C+S]
-        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-        out = probs.view(b, cfg.num_kv_heads, group * s, -1) @ values                    # [B,KVH,G*S,D]
-        out = out.view(b, cfg.num_heads, s, cfg.head_dim).transpose(1, 2).reshape(b, s, -1)  # [B,S,H*D]
+        qg = q.view(b, cfg.num_kv_heads, group, s, cfg.head_dim)                          # [B,KVH,G,S,D]
+        scores = (qg @ keys[:, :, None].transpose(-1, -2)) * cfg.head_dim**-0.5          # [B,KVH,G,S,C+S]
+        probs = torch.softmax((scores + bias[:, :, None]).float(), dim=-1).to(q.dtype)
+        out = (probs @ values[:, :, None]).view(b, cfg.num_heads, s, cfg.head_dim)       # [B,H,S,D]
+        out = out.transpose(1, 2).reshape(b, s, -1)                                       # [B,S,H*D]
         return self.o_proj(out), k, v
 
 
