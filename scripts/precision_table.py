@@ -99,7 +99,7 @@ def loop_levels(rows: list[dict]) -> tuple[str, float | None]:
     l2 = [r for r in rows if r["level"] == 2]
     worst = max(l2, key=lambda r: r["metrics"]["rel_l2"], default=None)
     l2_text = f"{worst['metrics']['rel_l2']:.2e} ({worst['tensor']})" if worst else "-"
-    psnr = [r["psnr_db"] for r in rows if r["level"] == 3 and r["graph"] == "image"]
+    psnr = [float(r["psnr_db"]) for r in rows if r["level"] == 3 and r["graph"] == "image"]   # "inf" in JSON
     return l2_text, min(psnr, default=None)
 
 
