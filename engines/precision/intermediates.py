@@ -14,7 +14,7 @@ import onnx
 from nextstep_trt.metrics import Metrics, compare
 from nextstep_trt.precision import Precision
 
-from .ranges import Feeds, Runner, float_tensors, with_outputs
+from .ranges import MARKED_BUDGET, Feeds, MarkedRunner, float_tensors
 
 
 @dataclass(frozen=True)
@@ -60,17 +60,20 @@ class LayerReport:
 
 
 def compare_intermediates(graph: str, fp32: onnx.ModelProto, low: onnx.ModelProto, precision: Precision,
-                          feeds: Feeds, case: str = "") -> LayerReport:
+                          feeds: Feeds, case: str = "", budget: int = MARKED_BUDGET) -> LayerReport:
     """Run both graphs with their shared float tensors marked; one row per tensor, worst first."""
     in_low = {o for n in low.graph.node for o in n.output}
     inputs = {i.name for i in fp32.graph.input}
     shared = [t for t in float_tensors(fp32) if t in in_low and t not in inputs]
-    ref = Runner(with_outputs(fp32, shared)).run(feeds)
-    got = Runner(with_outputs(low, shared), precision).run(feeds)
+    ref = MarkedRunner(fp32, shared, budget=budget // 2)            # both sides' chunks are held at once
+    chunks = ref.chunks(feeds)
     producer = {o: n for n in fp32.graph.node for o in n.output}
-    rows = [LayerRow(producer[t].name, producer[t].op_type, t,
-                     compare(np.asarray(ref[t], np.float32), np.asarray(got[t]).astype(np.float32)))
-            for t in shared]
+    rows = []
+    outputs = zip(chunks, ref.run(feeds, chunks), MarkedRunner(low, shared, precision).run(feeds, chunks))
+    for chunk, want, got in outputs:
+        rows += [LayerRow(producer[t].name, producer[t].op_type, t,
+                          compare(np.asarray(want[t], np.float32), np.asarray(got[t]).astype(np.float32)))
+                 for t in chunk]
     rows.sort(key=lambda r: (-r.metrics.rel_l2, r.metrics.cosine))
     return LayerReport(graph, Precision(precision).value, case, rows)
 

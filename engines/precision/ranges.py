@@ -1,12 +1,17 @@
 """Intermediate tensors as graph outputs, runners per precision, and fp32 activation ranges (torch-free).
 
 The fp32 graph runs in ONNX Runtime with its intermediate tensors marked as outputs (Polygraphy's
-``modify_outputs``); ``RangeCollector`` keeps each tensor's max |x| over every calibration input it is fed.
+``modify_outputs``); ``RangeCollector`` keeps each tensor's max |x| over every calibration input it is fed. A
+``MarkedRunner`` marks at most ``MARKED_BUDGET`` bytes of tensors per run (sizes from shape inference at the
+feeds' shapes): a VAE at 512x512 has tens of GB of activations, so it runs once per chunk instead of holding them
+all at once.
 """
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import onnx
@@ -16,6 +21,8 @@ from nextstep_trt.precision import Precision
 Feeds = dict[str, np.ndarray]
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 PROTOBUF_LIMIT = 2**31 - 2**20   # as export.exporter (which imports torch): protobuf's 2 GB ceiling
+MARKED_BUDGET = 2 * 2**30        # bytes of marked intermediate tensors one run may hold
+ITEM_BYTES = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2}
 
 
 def float_tensors(model: onnx.ModelProto) -> list[str]:
@@ -68,24 +75,98 @@ def _ort_session(model: onnx.ModelProto):
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def _shape_shell(model: onnx.ModelProto, feeds: Feeds) -> onnx.ModelProto:
+    """``model`` with its inputs fixed to the feeds' shapes and its large float weights reduced to their dims."""
+    def light(t: onnx.TensorProto) -> onnx.TensorProto:
+        big = t.data_type in ITEM_BYTES and math.prod(t.dims) > 4096          # shapes matter, float values do not
+        return onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims) if big else t
+
+    inputs = [onnx.helper.make_tensor_value_info(i.name, i.type.tensor_type.elem_type, np.shape(feeds[i.name]))
+              if i.name in feeds else i for i in model.graph.input]
+    graph = onnx.helper.make_graph(model.graph.node, model.graph.name, inputs, model.graph.output,
+                                   [light(t) for t in model.graph.initializer], value_info=model.graph.value_info)
+    return onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version,
+                                  functions=model.functions)
+
+
+def tensor_bytes(model: onnx.ModelProto, feeds: Feeds, names: list[str]) -> dict[str, int]:
+    """Bytes of each named tensor when ``model`` runs on ``feeds`` (shape inference at the feeds' shapes); a tensor
+    whose shape stays unknown counts as the largest known one."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_shape_shell(model, feeds), data_prop=True)
+    except Exception:  # noqa: BLE001 - inference failing on an exotic graph only costs the chunking
+        inferred = model
+    known = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        if t.HasField("shape") and None not in dims:
+            known[vi.name] = math.prod(dims) * ITEM_BYTES.get(t.elem_type, 4)
+    largest = max(known.values(), default=0)
+    return {n: known.get(n, largest) for n in names}
+
+
+def pack(sizes: dict[str, int], budget: int) -> list[tuple[str, ...]]:
+    """Tensors in order, in consecutive chunks of at most ``budget`` bytes (a bigger tensor gets a chunk alone)."""
+    chunks: list[list[str]] = [[]]
+    used = 0
+    for name, size in sizes.items():
+        if chunks[-1] and used + size > budget:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(name)
+        used += size
+    return [tuple(c) for c in chunks if c]
+
+
+class MarkedRunner:
+    """A graph with chosen tensors as extra outputs, run in chunks of at most ``budget`` marked bytes."""
+
+    def __init__(self, model: onnx.ModelProto, tensors: list[str], precision: Precision = Precision.FP32,
+                 budget: int = MARKED_BUDGET):
+        self.model, self.tensors, self.precision, self.budget = model, list(tensors), precision, budget
+        self._runners: dict[tuple[str, ...], Runner] = {}
+        self._plans: dict[tuple, list[tuple[str, ...]]] = {}
+
+    def chunks(self, feeds: Feeds) -> list[tuple[str, ...]]:
+        """The chunk plan for inputs of these shapes (one chunk when everything fits the budget)."""
+        key = tuple(sorted((k, np.shape(v)) for k, v in feeds.items()))
+        if key not in self._plans:
+            sizes = tensor_bytes(self.model, feeds, self.tensors)
+            whole = sum(sizes.values()) <= self.budget
+            self._plans[key] = [tuple(self.tensors)] if whole else pack(sizes, self.budget)
+        return self._plans[key]
+
+    def run(self, feeds: Feeds, chunks: list[tuple[str, ...]] | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """One output dict per chunk (the graph's own outputs included), each released before the next runs."""
+        for chunk in chunks or self.chunks(feeds):
+            if chunk not in self._runners:
+                self._runners[chunk] = Runner(with_outputs(self.model, list(chunk)), self.precision)
+            yield self._runners[chunk].run(feeds)
+
+
 class RangeCollector:
     """Max finite |x| and the count of Inf/NaN values of chosen tensors of a graph over many input sets."""
 
     def __init__(self, model: onnx.ModelProto, tensors: list[str] | None = None,
-                 precision: Precision = Precision.FP32):
+                 precision: Precision = Precision.FP32, budget: int = MARKED_BUDGET):
         self.tensors = float_tensors(model) if tensors is None else list(tensors)
-        self.runner = Runner(with_outputs(model, self.tensors), precision)
+        self.runner = MarkedRunner(model, self.tensors, precision, budget)
         self.amax: dict[str, float] = dict.fromkeys(self.tensors, 0.0)
         self.nonfinite: dict[str, int] = dict.fromkeys(self.tensors, 0)
         self.samples = 0
 
     def update(self, feeds: Feeds) -> None:
         """Run the graph on one input set and fold its tensors into the statistics."""
-        out = self.runner.run(feeds)
-        for name in self.tensors:
-            a = np.abs(np.asarray(out[name]).astype(np.float32, copy=False))
-            finite = np.isfinite(a)
-            self.nonfinite[name] += int(a.size - finite.sum())
-            if a.size:
-                self.amax[name] = max(self.amax[name], float(np.max(a, where=finite, initial=0.0)))
+        chunks = self.runner.chunks(feeds)
+        for chunk, out in zip(chunks, self.runner.run(feeds, chunks)):
+            for name in chunk:
+                self._fold(name, out[name])
         self.samples += 1
+
+    def _fold(self, name: str, value) -> None:
+        a = np.abs(np.asarray(value).astype(np.float32, copy=False))
+        finite = np.isfinite(a)
+        self.nonfinite[name] += int(a.size - finite.sum())
+        if a.size:
+            self.amax[name] = max(self.amax[name], float(np.max(a, where=finite, initial=0.0)))
