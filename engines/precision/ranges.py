@@ -67,6 +67,7 @@ def _ort_session(model: onnx.ModelProto):
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1         # no spinning thread pool next to torch's threads (small graphs, 2 cores)
     opts.inter_op_num_threads = 1
+    opts.enable_cpu_mem_arena = False     # one session per chunk of marked tensors: none may keep its peak arena
     if model.ByteSize() < PROTOBUF_LIMIT:
         return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     with tempfile.TemporaryDirectory() as tmp:
