@@ -130,7 +130,12 @@ def trt_profiles(spec: GraphSpec) -> list[dict]:
 
 def check_network_io(spec: GraphSpec, inputs: list, outputs: list) -> list[dict]:
     """The parsed network's I/O against the spec (names, dtypes, ranks, fixed sizes); records for the manifest."""
-    records = []
+    records, env = [], spec.envelope()
+    fixed = {n: d.min for n, d in env.items() if d.min == d.max}     # e.g. the VAE's H/W in a one-resolution profile
+
+    def named_ok(axis: str, size: int) -> bool:
+        return size == -1 or size == fixed.get(axis)
+
     for mode, items, tensors in (("input", inputs, spec.inputs), ("output", outputs, spec.outputs)):
         got = {name: (dtype, tuple(shape)) for name, dtype, shape in items}
         if set(got) != {t.name for t in tensors}:
@@ -139,7 +144,7 @@ def check_network_io(spec: GraphSpec, inputs: list, outputs: list) -> list[dict]
         for t in tensors:
             dtype, shape = got[t.name]
             bad = dtype != t.dtype or len(shape) != len(t.axes) or any(
-                (s != -1) if isinstance(a, str) else (s not in (a, -1) if mode == "output" else s != a)
+                (not named_ok(a, s)) if isinstance(a, str) else (s not in (a, -1) if mode == "output" else s != a)
                 for a, s in zip(t.axes, shape))
             if bad:
                 raise UserError(f"{spec.name}.{t.name}: the network has {dtype} {list(shape)}, the spec says "
