@@ -8,13 +8,12 @@ import importlib
 import importlib.metadata as md
 import os
 import platform
-import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nextstep_trt.errors import UserError
-from nextstep_trt.resources import meminfo
+from nextstep_trt.resources import free_disk, free_ram
 
 from .gpu import GpuProbe, cc_tuple, probe_gpu
 
@@ -92,17 +91,12 @@ def gpu_section(probe: GpuProbe) -> Section:
             .add("GPU memory free", f"{_mib(g.memory_free)} of {_mib(g.memory_total)}"))
 
 
-def host_memory_available() -> int | None:
-    """MemAvailable from /proc/meminfo, in bytes (None when unknown)."""
-    return meminfo().get("MemAvailable")
-
-
 def host_section(artifacts: Path | None) -> Section:
     s = Section("host").add("CPU cores", os.cpu_count())
-    free = host_memory_available()
+    free = free_ram() or None
     s.add("free host memory", _mib(free) if free is not None else "unknown (no /proc/meminfo)")
     where = artifacts if artifacts is not None and artifacts.exists() else Path.cwd()
-    return s.add(f"free disk at {where}", _mib(shutil.disk_usage(where).free))
+    return s.add(f"free disk at {where}", _mib(free_disk(where)))
 
 
 def build_estimates(artifacts: Path, graphs: list[str] | None) -> list[tuple[str, str, int, int]]:
@@ -157,7 +151,7 @@ def verdict_section(facts: dict, probe: GpuProbe, estimates: list) -> Section:
         run = f"yes, engines built for cc {gpu.compute_capability}"
     s.add("run engines (TensorRT backend)", run)
     if estimates:
-        free = host_memory_available()
+        free = free_ram() or None
         peak = max(e[3] for e in estimates)
         s.add("host memory for the largest build", "unknown" if free is None else
               ("yes" if free >= peak else f"no: ~{_mib(peak)} needed, {_mib(free)} free"))

@@ -112,8 +112,9 @@ class GraphSpec:
         """Concrete shapes of the inputs (or of ``tensors``) for one choice of dim sizes."""
         return {t.name: t.shape(sizes) for t in (self.inputs if tensors is None else tensors)}
 
-    def check_inputs(self, feeds: dict[str, np.ndarray]) -> None:
-        """Names, dtypes, ranks, fixed sizes, consistent and in-range dynamic sizes; a UserError names the tensor."""
+    def check_inputs(self, feeds: dict[str, np.ndarray]) -> dict[str, int]:
+        """Names, dtypes, ranks, fixed sizes, consistent and in-range dynamic sizes; a UserError names the tensor.
+        Returns the size of every dynamic dim the feeds set."""
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise UserError(f"{self.name}: missing input(s) {', '.join(missing)}")
@@ -134,6 +135,7 @@ class GraphSpec:
                     if not env[a].contains(size):
                         raise UserError(f"{self.name}.{t.name}: {a}={size} is outside the exported profile "
                                         f"[{env[a].min}, {env[a].max}]")
+        return seen
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -71,9 +71,8 @@ class OrtBackend(Backend):
 
     def run(self, graph: str, feeds: Feeds) -> Feeds:
         spec = self.spec(graph)
-        spec.check_inputs(feeds)
+        sizes = spec.check_inputs(feeds)
         session, binding = self.session(graph), self._bindings[graph]
-        sizes = {a: s for t in spec.inputs for a, s in zip(t.axes, feeds[t.name].shape) if isinstance(a, str)}
         for t in spec.inputs:
             binding.bind_cpu_input(t.name, np.ascontiguousarray(feeds[t.name]))
         fixed: Feeds = {}

@@ -233,9 +233,8 @@ class TrtBackend(Backend):
 
     def run(self, graph: str, feeds: Feeds) -> Feeds:
         spec = self.spec(graph)
-        spec.check_inputs(feeds)
+        sizes = spec.check_inputs(feeds)
         eng = self.engine(graph)
-        sizes = {a: s for t in spec.inputs for a, s in zip(t.axes, feeds[t.name].shape) if isinstance(a, str)}
         profile = next((i for i, p in enumerate(spec.profiles)
                         if all(p.dim(a).contains(s) for a, s in sizes.items())), None)
         if profile is None:

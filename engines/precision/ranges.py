@@ -22,7 +22,6 @@ Feeds = dict[str, np.ndarray]
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 PROTOBUF_LIMIT = 2**31 - 2**20   # as export.exporter (which imports torch): protobuf's 2 GB ceiling
 MARKED_BUDGET = 2 * 2**30        # bytes of marked intermediate tensors one run may hold
-ITEM_BYTES = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2}
 
 
 def float_tensors(model: onnx.ModelProto) -> list[str]:
@@ -79,7 +78,7 @@ def _ort_session(model: onnx.ModelProto):
 def _shape_shell(model: onnx.ModelProto, feeds: Feeds) -> onnx.ModelProto:
     """``model`` with its inputs fixed to the feeds' shapes and its large float weights reduced to their dims."""
     def light(t: onnx.TensorProto) -> onnx.TensorProto:
-        big = t.data_type in ITEM_BYTES and math.prod(t.dims) > 4096          # shapes matter, float values do not
+        big = t.data_type in FLOAT_TYPES and math.prod(t.dims) > 4096         # shapes matter, float values do not
         return onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims) if big else t
 
     inputs = [onnx.helper.make_tensor_value_info(i.name, i.type.tensor_type.elem_type, np.shape(feeds[i.name]))
@@ -102,7 +101,7 @@ def tensor_bytes(model: onnx.ModelProto, feeds: Feeds, names: list[str]) -> dict
         t = vi.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
         if t.HasField("shape") and None not in dims:
-            known[vi.name] = math.prod(dims) * ITEM_BYTES.get(t.elem_type, 4)
+            known[vi.name] = math.prod(dims) * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
     largest = max(known.values(), default=0)
     return {n: known.get(n, largest) for n in names}
 

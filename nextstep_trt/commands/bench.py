@@ -50,10 +50,10 @@ def _floor_arguments(p) -> None:
 
 
 def _devices(text: str | None) -> dict[str, float]:
-    from runtime.bench.floor import default_devices
+    from runtime.bench.roofline import DATASHEET_GBPS
 
     if not text:
-        return default_devices()
+        return dict(DATASHEET_GBPS)
     out = {}
     for item in text.split(","):
         name, _, value = item.rpartition("=")

@@ -69,7 +69,6 @@ def add_arguments(name: str, p) -> None:
 def run(args) -> int:
     from export.profile import GRAPHS
     from export.run import ExportOptions, export_all
-    from nextstep_trt.fileio import write_json
     from nextstep_trt.precision import Precision
 
     graphs = tuple(g.strip() for g in args.graphs.split(",")) if args.graphs else GRAPHS
@@ -78,9 +77,16 @@ def run(args) -> int:
                          dtype=Precision.parse(args.dtype))
     if args.check_only or args.low_memory:
         return _low_memory(args, opts)
-    report = export_all(opts)
+    return _show(args, export_all(opts), "worst case per graph (all cases: --report FILE.json):")
+
+
+def _show(args, report, title: str | None = None) -> int:
+    """Print the worst validation case per graph and write ``--report``."""
+    from nextstep_trt.fileio import write_json
+
     if report.rows:
-        print("worst case per graph (all cases: --report FILE.json):")
+        if title:
+            print(title)
         print(report.worst_per_graph().table())
     if args.report:
         write_json(args.report, report.to_json())
@@ -102,9 +108,4 @@ def _low_memory(args, opts) -> int:
         if bad:
             raise CheckFailed(f"{bad[0].graph} failed its integrity check: {bad[0].first_failure()}")
         return 0
-    report = export_low_memory(opts, layer=args.layer)
-    if report.rows:
-        print(report.worst_per_graph().table())
-    if args.report:
-        write_json(args.report, report.to_json())
-    return 0
+    return _show(args, export_low_memory(opts, layer=args.layer))

@@ -10,7 +10,7 @@ from export.sizes import DTYPE_BYTES
 from nextstep_ref.config import NextStepConfig
 from nextstep_ref.latents import token_grid
 
-from .roofline import DATASHEET_GBPS, decode_step_bytes, floor_estimate, sampler_token_bytes
+from .roofline import decode_step_bytes, floor_estimate, sampler_token_bytes
 
 GiB = 2**30
 
@@ -48,7 +48,3 @@ def floor_table(cfg: NextStepConfig, o: FloorOptions) -> str:
             lines.append(f"{name:<16}{gbps:>7.0f} {b:>2} {f['decode_step_ms']:>10.2f} {f['sampler_step_ms']:>16.3f} "
                          f"{f['sampler_token_ms']:>17.2f} {f['request_s']:>10.2f} {f['s_per_image']:>8.2f}")
     return "\n".join(lines)
-
-
-def default_devices() -> dict[str, float]:
-    return dict(DATASHEET_GBPS)

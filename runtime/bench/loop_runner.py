@@ -5,13 +5,11 @@ import time
 
 import numpy as np
 
-from nextstep_ref.latents import token_grid
-from nextstep_ref.noise import NoiseSource, image_seeds
 from nextstep_ref.options import GenerationOptions
 
 from ..backend import Backend
 from ..loop import Request, decode_images, run_request
-from .timing import CallLog, TimedBackend, time_calls
+from .timing import CallLog, TimedBackend, noise_source, time_calls, zero_tokens
 
 SOURCE = ("instrumented runtime loop (runtime.loop.run_request): timing wrapper around the Backend's backbone, "
           "sample and decode calls")
@@ -67,9 +65,7 @@ class LoopRunner:
                         max_tokens=self.max_tokens)
         except _Stop:
             pass
-        h, w = token_grid(opts.height, opts.width, self.backend.config.pixels_per_token)
-        zeros = np.zeros((opts.images_per_prompt, h * w, self.backend.config.token_dim), np.float32)
-        decode_images(self.backend, zeros, opts.height, opts.width)
+        decode_images(self.backend, zero_tokens(opts, self.config), opts.height, opts.width)
         return time.perf_counter() - start
 
     def sampler_micro(self, opts: GenerationOptions, calls: int) -> tuple[float | None, float | None]:
@@ -77,7 +73,7 @@ class LoopRunner:
         if self.cond is None:
             return None, None
         b, sampler = opts.images_per_prompt, opts.sampler_config()
-        noise = NoiseSource(image_seeds(opts.seed, 1, b), opts.steps, self.backend.config.token_dim).next()
+        noise = noise_source(opts, self.config).next()
         cfg = np.full(b, opts.cfg, np.float32)
         fused = None
         if self.backend.fused_sampler(sampler, edit=False) is not None:

@@ -9,6 +9,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from nextstep_ref.config import NextStepConfig
+from nextstep_ref.latents import token_grid
+from nextstep_ref.noise import NoiseSource, image_seeds
+from nextstep_ref.options import GenerationOptions
+
 WINDOW = 5   # decode calls pooled for "token 1", "middle" and "last" (medians resist one slow call)
 
 
@@ -63,6 +68,22 @@ class TimedBackend:
     def decode(self, latents: np.ndarray) -> np.ndarray:
         with self.log.timed("vae"):
             return self.inner.decode(latents)
+
+
+def grid_tokens(opts: GenerationOptions, cfg: NextStepConfig) -> int:
+    """Image tokens of one image at the options' size."""
+    h, w = token_grid(opts.height, opts.width, cfg.pixels_per_token)
+    return h * w
+
+
+def zero_tokens(opts: GenerationOptions, cfg: NextStepConfig) -> np.ndarray:
+    """[images, tokens, token_dim] zeros: what the warm-up decodes to touch the VAE at this size."""
+    return np.zeros((opts.images_per_prompt, grid_tokens(opts, cfg), cfg.token_dim), np.float32)
+
+
+def noise_source(opts: GenerationOptions, cfg: NextStepConfig) -> NoiseSource:
+    """The request's seeded noise (the first draw feeds the sampler micro-benchmarks)."""
+    return NoiseSource(image_seeds(opts.seed, 1, opts.images_per_prompt), opts.steps, cfg.token_dim)
 
 
 def median_ms(values: list[float]) -> float | None:

@@ -15,12 +15,11 @@ import torch
 from nextstep_ref import pipeline
 from nextstep_ref.checkpoint import ModelBundle
 from nextstep_ref.latents import token_grid
-from nextstep_ref.noise import NoiseSource, image_seeds
 from nextstep_ref.options import GenerationOptions
 from nextstep_ref.prompt import text_to_image_prompt
 from nextstep_ref.sampler import sample_token
 
-from .timing import CallLog, time_calls
+from .timing import CallLog, grid_tokens, noise_source, time_calls, zero_tokens
 
 SOURCE = ("instrumented reference loop (nextstep_ref.pipeline.generate_image): forward hooks on the backbone, "
           "head and VAE decoder; sample_token wrapped")
@@ -99,7 +98,7 @@ class TorchRunner:
         """Prefill, ``tokens`` sampler calls and decode steps, one VAE decode at this batch (compiles every shape)."""
         start = time.perf_counter()
         batch = self._prompt(opts, prompt)
-        noise = NoiseSource(image_seeds(opts.seed, 1, opts.images_per_prompt), opts.steps, self.bundle.config.token_dim)
+        noise = noise_source(opts, self.config)
 
         def stop(k: int, _tokens) -> None:
             if k + 1 >= tokens:
@@ -109,9 +108,7 @@ class TorchRunner:
             pipeline.generate_tokens(self.bundle, batch, opts, noise, callback=stop)
         except _Stop:
             pass
-        n_tok = self.grid_tokens(opts)
-        zeros = np.zeros((opts.images_per_prompt, n_tok, self.bundle.config.token_dim), np.float32)
-        pipeline.decode_tokens(self.bundle, zeros, opts.height, opts.width)
+        pipeline.decode_tokens(self.bundle, zero_tokens(opts, self.config), opts.height, opts.width)
         self.log = CallLog()
         return time.perf_counter() - start
 
@@ -121,18 +118,13 @@ class TorchRunner:
             return None, None
         self.log = CallLog()                          # the hooks still count: keep the timed run's log clean
         b = opts.images_per_prompt
-        noise = torch.from_numpy(NoiseSource(image_seeds(opts.seed, 1, b), opts.steps,
-                                             self.bundle.config.token_dim).next())
+        noise = torch.from_numpy(noise_source(opts, self.config).next())
         cfg = torch.full((b,), opts.cfg)
         head, cond, sampler = self.bundle.model.image_head, self.cond, opts.sampler_config()
         with torch.no_grad():
             return None, time_calls(lambda: sample_token(head, cond, noise, sampler, cfg), calls)
 
     # --- sizes -------------------------------------------------------------------------------------------------------
-
-    def grid_tokens(self, opts: GenerationOptions) -> int:
-        h, w = token_grid(opts.height, opts.width, self.bundle.config.pixels_per_token)
-        return h * w
 
     def _prompt(self, opts: GenerationOptions, prompt: str):
         grid = token_grid(opts.height, opts.width, self.bundle.config.pixels_per_token)
@@ -142,7 +134,7 @@ class TorchRunner:
 
     def kv_capacity(self, opts: GenerationOptions, prompt: str) -> int:
         """Slots per row of the reference's cache: prompt length + image tokens (it attends over all of them)."""
-        return self._prompt(opts, prompt).length + self.grid_tokens(opts)
+        return self._prompt(opts, prompt).length + grid_tokens(opts, self.config)
 
     def threads(self) -> dict[str, int]:
         return {"torch_intra_op": torch.get_num_threads()}
