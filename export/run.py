@@ -11,7 +11,7 @@ from typing import Callable
 import onnx
 
 from nextstep_ref.checkpoint import ModelBundle, load_model
-from nextstep_trt.errors import UserError
+from nextstep_trt.errors import CheckFailed, UserError
 from nextstep_trt.precision import Precision
 from nextstep_trt.report import ParityReport
 
@@ -84,8 +84,8 @@ def install_graph(spec: GraphSpec, sizes: dict[str, int], seconds: float, write:
         report = validate(files[0])
         if not report.ok:
             r = report.failures()[0]
-            raise UserError(f"{spec.name} failed validation at {r.case}: {r.tensor}: {'; '.join(r.violations)} "
-                            f"(the previous graph, if any, is untouched)")
+            raise CheckFailed(f"{spec.name} failed validation at {r.case}: {r.tensor}: {'; '.join(r.violations)} "
+                              f"(the previous graph, if any, is untouched)")
         installed = _install(files, out_dir / Precision(precision).value)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -131,12 +131,15 @@ def trt_parse_summary(path: Path) -> dict:
 
 
 def _summary(report: ParityReport) -> dict:
-    if not report.rows:
+    rows = [r for r in report.rows if r.metrics is not None]
+    if not rows:
         return {}
-    worst = max(report.rows, key=lambda r: r.metrics.rel_l2)
-    return {"ok": report.ok, "cases": len({r.case for r in report.rows}),
-            "worst_rel_l2": worst.metrics.rel_l2, "worst_max_abs": max(r.metrics.max_abs for r in report.rows),
-            "worst_case": f"{worst.case} {worst.tensor}"}
+    worst = max(rows, key=lambda r: r.metrics.rel_l2)
+    means = {r.tensor: r.extra["mean_cosine"] for r in report.rows if "mean_cosine" in r.extra}
+    return {"ok": report.ok, "cases": len({r.case for r in rows}),
+            "worst_rel_l2": worst.metrics.rel_l2, "worst_max_abs": max(r.metrics.max_abs for r in rows),
+            "worst_case": f"{worst.case} {worst.tensor}", "lowest_cosine": min(r.metrics.cosine for r in rows),
+            **({"mean_cosine": means} if means else {})}
 
 
 def export_all(opts: ExportOptions, bundle: ModelBundle | None = None, log=print) -> ParityReport:

@@ -54,12 +54,15 @@ def psnr(ref_u8: np.ndarray, out_u8: np.ndarray) -> float:
 @dataclass(frozen=True)
 class Bound:
     """Upper bounds on rel-L2 and max-abs, lower bound on cosine; None means not checked. NaN/Inf always fail.
-    ``psnr_db`` is the image bound of level 3 (checked on images, not by ``violations``)."""
+    ``psnr_db`` is the image bound of level 3 (checked on images, not by ``violations``). ``mean_cosine`` bounds
+    the mean of a tensor's cosine over all level-1 cases of its graph (``runtime.parity.level1_means``): for
+    fp8, where one small tensor's cosine scatters from draw to draw, ``cosine`` is then the per-case floor."""
 
     rel_l2: float | None = None
     max_abs: float | None = None
     cosine: float | None = None
     psnr_db: float | None = None
+    mean_cosine: float | None = None
 
     def violations(self, m: Metrics) -> list[str]:
         """Each broken bound as 'metric value > bound'."""
@@ -77,5 +80,6 @@ class Bound:
         parts = [f"rel_l2<={self.rel_l2:g}" if self.rel_l2 is not None else "",
                  f"max_abs<={self.max_abs:g}" if self.max_abs is not None else "",
                  f"cos>={self.cosine:g}" if self.cosine is not None else "",
+                 f"mean_cos>={self.mean_cosine:g}" if self.mean_cosine is not None else "",
                  f"psnr>={self.psnr_db:g}dB" if self.psnr_db is not None else ""]
         return " ".join(p for p in parts if p) or "-"

@@ -87,6 +87,25 @@ def compare_level1(graph: str, precision: Precision, case: str, ref: dict, got: 
                                graph_bound(graph, precision, name)) for name in ref])
 
 
+def level1_means(report: ParityReport) -> ParityReport:
+    """One row per (graph, precision, tensor) whose bound has a ``mean_cosine``: the mean of the tensor's cosine
+    over every level-1 case in ``report``, naming the lowest case when the mean falls short."""
+    groups: dict[tuple[str, str, str], list[ParityRow]] = {}
+    for r in report.rows:
+        if r.level == 1 and r.metrics is not None and r.bound.mean_cosine is not None:
+            groups.setdefault((r.graph, r.precision, r.tensor), []).append(r)
+    out = ParityReport()
+    for (graph, precision, tensor), rows in groups.items():
+        mean = float(np.mean([r.metrics.cosine for r in rows]))
+        low = min(rows, key=lambda r: r.metrics.cosine)
+        floor = rows[0].bound.mean_cosine
+        bad = [] if mean >= floor else [f"mean cosine over {len(rows)} cases {mean:.7f} < {floor:g} "
+                                        f"(lowest: {low.case}, {low.metrics.cosine:.7f})"]
+        out.add(ParityRow(1, graph, precision, f"mean of {len(rows)} cases", tensor, None, rows[0].bound, bad,
+                          {"mean_cosine": round(mean, 7), "lowest_case": low.case}))
+    return out
+
+
 def compare_level2(label: str, precision: Precision, ref: LoopTrace, got: LoopTrace) -> ParityReport:
     """Teacher-forced: per token, cond, velocity probe and token, each within the loop bound."""
     bound, p = loop_bound(precision), Precision(precision).value

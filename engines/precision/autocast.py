@@ -46,7 +46,7 @@ def mixed_precision(src: Path, precision: Precision, keep: dict[str, str]) -> on
     try:
         model = convert_to_mixed_precision(
             onnx_path=str(src), low_precision_type=precision.value, keep_io_types=True,
-            nodes_to_exclude=[f"^{re.escape(name)}$" for name in sorted(keep)],
+            nodes_to_exclude=[_exact_names(keep)] if keep else [],
             data_max=np.inf, init_max=FP16_MAX if precision is Precision.FP16 else np.inf)
     finally:
         root.setLevel(level)
@@ -54,6 +54,13 @@ def mixed_precision(src: Path, precision: Precision, keep: dict[str, str]) -> on
     # planner then reuses buffers of different sizes): drop its value_info and infer shapes afresh.
     del model.graph.value_info[:]
     return onnx.shape_inference.infer_shapes(model)
+
+
+def _exact_names(names) -> str:
+    """One regex matching exactly these node names. AutoCast tries each pattern on each node through ``re.match``,
+    whose cache holds 512 patterns: a 50-step sampler's ~1,300 kept nodes as separate patterns were recompiled
+    for every node (2.3M compilations, ~60 s); one alternation is compiled once."""
+    return "^(?:" + "|".join(re.escape(n) for n in sorted(names)) + ")$"
 
 
 def cast_summary(model: onnx.ModelProto, precision: Precision) -> dict:

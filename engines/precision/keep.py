@@ -1,8 +1,9 @@
 """Which nodes of an fp32 graph stay fp32 in its fp16/bf16 graph, and why (torch-free).
 
 Kept: norms (LayerNormalization/GroupNorm/InstanceNorm ops and ReduceMean-rooted RMSNorm/LayerNorm chains),
-Softmax, residual Adds (``x + f(x)``), RoPE and timestep cos/sin with the float math that feeds them, and (fp16)
-every node whose fp32 activation range measured on the calibration inputs exceeds a safe fp16 magnitude.
+Softmax, residual Adds (``x + f(x)``), RoPE and timestep cos/sin with the float math that feeds them, the output
+region (everything between the last weighted layer and a graph output: the fused sampler's integrator), and
+(fp16) every node whose fp32 activation range measured on the calibration inputs exceeds a safe fp16 magnitude.
 """
 from __future__ import annotations
 
@@ -104,6 +105,27 @@ def residual_adds(g: GraphIndex) -> set[str]:
     return out
 
 
+WEIGHTED_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
+
+
+def output_region(g: GraphIndex, outputs: list[str]) -> set[str]:
+    """Nodes from which a graph output is reached without passing a weighted op (a MatMul/Gemm/Conv with a
+    constant weight): what follows the last layer, e.g. the fused sampler's integrator (CFG combine, Euler
+    update, noise) whose state a low-precision type would round at every step."""
+    out: set[str] = set()
+    stack = [t for t in outputs]
+    while stack:
+        node = g.producer.get(stack.pop())
+        if node is None or node.name in out:
+            continue
+        if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in g.consts:
+            continue
+        if any(g.is_float(o) for o in node.output):
+            out.add(node.name)
+        stack.extend(i for i in node.input if i and i not in g.consts)
+    return out
+
+
 def range_nodes(g: GraphIndex, amax: dict[str, float], limit: float) -> set[str]:
     """Nodes with a float input or output whose measured fp32 max |x| exceeds ``limit``."""
     return {n.name for n in g.nodes
@@ -115,7 +137,9 @@ def keep_fp32(model: onnx.ModelProto, amax: dict[str, float] | None = None,
     """{node name: reason} for every node that stays fp32 (first reason wins)."""
     g = GraphIndex(model)
     keep: dict[str, str] = {n.name: KEEP_OPS[n.op_type] for n in g.nodes if n.op_type in KEEP_OPS}
-    for reason, names in (("norm", norm_chains(g)), ("cos_sin", rope_nodes(g)), ("residual", residual_adds(g))):
+    rules = (("norm", norm_chains(g)), ("cos_sin", rope_nodes(g)), ("residual", residual_adds(g)),
+             ("output", output_region(g, [o.name for o in model.graph.output])))
+    for reason, names in rules:
         for name in names:
             keep.setdefault(name, reason)
     if amax is not None and limit is not None:

@@ -52,9 +52,17 @@ def test_fp8_head_step_is_recorded_and_a_failing_graph_never_replaces_it(capsys,
     monkeypatch.setitem(tolerances.GRAPH_BOUNDS, ("head_step", Precision.FP8), Bound(rel_l2=1e-9))
     code, out, err = _run(capsys, "quantize", "--model", tiny_dir, "--artifacts", art, "--precision", "fp8",
                           "--graphs", "head_step")
-    assert code == 2 and len(err.splitlines()) == 1 and "rel_l2" in err and "untouched" in err
+    assert code == 1 and len(err.splitlines()) == 1 and "rel_l2" in err and "untouched" in err
     assert _sha(art / "fp8" / "head_step.onnx") == good and (art / "manifest.json").read_text() == manifest_before
     assert not [p for p in art.iterdir() if p.name.startswith(".export-")]
+
+    # A failing graph does not stop the others: head_sampler is made and installed, the command still exits 1.
+    code, out, err = _run(capsys, "quantize", "--model", tiny_dir, "--artifacts", art, "--precision", "fp8",
+                          "--graphs", "head_step,head_sampler")
+    assert code == 1 and "1 of 2 fp8 graphs failed validation" in err and "head_step failed validation" in err
+    assert "head_step [fp8]: NOT installed" in out and "head_sampler [fp8]: " in out
+    assert Manifest.load(art).entry("head_sampler", Precision.FP8)["validation"]["ok"]
+    assert _sha(art / "fp8" / "head_step.onnx") == good
 
 
 def test_the_exclusion_list_is_data(capsys, art, tiny_dir):
