@@ -25,20 +25,23 @@ BF16_WIDENED = Bound(rel_l2=1e-3, cosine=0.99999)
 # Precision graphs, measured on the tiny model (`nextstep-trt quantize` then `verify --precision P`, CPU: ORT for
 # fp16/fp8, onnx.reference for bf16; worst row over every case and output; tests/engines/ re-measures them):
 #   fp16  backbone rel 6.2e-4 abs 1.5e-3 | heads rel <= 7.0e-4 abs <= 2.7e-3 | VAE rel <= 2.6e-3 abs <= 9.9e-3
-#   bf16  backbone rel 6.1e-3 abs 1.8e-2 | heads rel <= 8.8e-3 abs <= 2.4e-2 | VAE rel <= 2.9e-2 abs <= 9.1e-2,
-#         cos >= 0.99959
-#   fp8   backbone rel 4.9e-2 abs 0.13 cos 0.99882 | head_step rel 4.6e-2 abs 0.071 cos 0.99901 |
-#         head_sampler(_edit) rel <= 3.0e-2 abs <= 0.087 cos >= 0.99956
-# Bounds leave ~3x headroom on rel-L2 and max-abs. FP8 cosine >= 0.999 (the issue's bound) holds for what the
-# image depends on: the backbone's `cond` (measured min 0.99952) and the fused samplers' `token` (>= 0.99956).
-# Outputs of one or a few E4M3 GEMMs sit at E4M3's own ceiling: one 64x64 GEMM of random data with both operands
-# in E4M3 (3 mantissa bits) already has cosine 0.99928 / rel-L2 3.8%, and the tiny model's 16-32-element K/V and
-# velocity tensors (rows=1) scatter around that (min 0.99882 new_value, 0.99903 new_key, 0.99901 head_step v;
-# ModelOpt's quantizer gave 0.99872). Those tensors get their own entry in TENSOR_BOUNDS below.
+#   bf16  backbone rel 6.1e-3 abs 1.8e-2 | head_step rel 1.1e-2 | VAE rel <= 3.2e-2 abs <= 0.18, cos >= 0.9995
+# Small outputs are drawn again until each case shape has >= 1024 values (export/components.py): a cosine over a
+# 16-value sampler token or a 32-value K/V row scatters from draw to draw as much as rounding moves it. So for
+# the fused samplers (bf16) and every fp8 graph, ``cosine`` is a per-case floor and ``mean_cosine`` bounds the
+# mean over all cases of each tensor (runtime.parity.level1_means). Measured over 10 validation seeds (3-step
+# profile) and 2-3 seeds (default 512x512 / 50-step profile), each with its redraws:
+#   bf16 samplers   mean cos >= 0.99994, lowest case 0.99970, rel <= 2.5e-2, abs <= 0.092 (integrator in fp32,
+#                   engines/precision/keep.py; without it the 50-step edit sampler's batch-1 token fell to 0.99975)
+#   fp8  backbone   mean cos: cond >= 0.99956, new_key/new_value >= 0.99906 | head_step v >= 0.99925 |
+#                   samplers >= 0.99919; lowest single case 0.979 (a 4x64 decode cond), rel <= 0.21, abs <= 0.53
+# The issue's fp8 bound (cosine >= 0.999 for backbone and head) is the mean bound. K/V projections are one E4M3
+# GEMM each, at E4M3's own ceiling (one random 64x64 GEMM with both operands in E4M3: cosine 0.99928): their mean
+# bound is 0.998 (TENSOR_BOUNDS). Per-case floors and rel/abs bounds keep ~1.5x headroom over the lowest case.
 FP16_GRAPH = Bound(rel_l2=2e-3, max_abs=1e-2, cosine=0.99999)
 FP16_VAE = Bound(rel_l2=8e-3, max_abs=4e-2, cosine=0.9999)
 BF16_GRAPH = Bound(rel_l2=2.5e-2, max_abs=8e-2, cosine=0.9999)
-BF16_SAMPLER = Bound(rel_l2=5e-2, max_abs=0.2, cosine=0.999, mean_cosine=0.9999)
+BF16_SAMPLER = Bound(rel_l2=5e-2, max_abs=0.2, cosine=0.999, mean_cosine=0.9999)      # per-case floor + mean
 BF16_VAE = Bound(rel_l2=8e-2, max_abs=0.3, cosine=0.998)
 FP8_GRAPH = Bound(rel_l2=0.3, max_abs=1.0, cosine=0.97, mean_cosine=0.999)
 FP8_SINGLE_GEMM = Bound(rel_l2=0.3, max_abs=1.0, cosine=0.97, mean_cosine=0.998)

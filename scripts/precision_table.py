@@ -88,13 +88,15 @@ def build(art: Path, graph: str, precision: str, logs: Path) -> tuple[float | No
 
 
 def level1(rows: list[dict], graph: str) -> tuple:
-    """Worst rel-L2, max-abs and cosine over every case and output of one graph; failed-check count."""
+    """Worst rel-L2, max-abs and cosine over every case and output of one graph, the lowest per-tensor mean
+    cosine (where the bound has one) and the failed-check count."""
     mine = [r for r in rows if r["level"] == 1 and r["graph"] == graph]
-    if not mine:
-        return (None,) * 4
-    m = [r["metrics"] for r in mine]
+    m = [r["metrics"] for r in mine if r["metrics"]]
+    if not m:
+        return (None,) * 5
+    means = [r["mean_cosine"] for r in mine if "mean_cosine" in r]
     return (max(x["rel_l2"] for x in m), max(x["max_abs"] for x in m), min(x["cosine"] for x in m),
-            sum(not r["ok"] for r in mine))
+            min(means, default=None), sum(not r["ok"] for r in mine))
 
 
 def loop_levels(rows: list[dict]) -> tuple[str, float | None]:
@@ -130,7 +132,7 @@ def kept_summary(manifest: dict, precision: str) -> list[str]:
 
 def table(art: Path, verified: dict, built: dict) -> list[str]:
     manifest = load(art / "manifest.json")
-    head = ["graph", "prec", "ONNX MiB", "L1 rel-L2", "L1 max-abs", "L1 min cos", "L1 fails",
+    head = ["graph", "prec", "ONNX MiB", "L1 rel-L2", "L1 max-abs", "L1 min cos", "L1 mean cos", "L1 fails",
             "L2 worst rel-L2", "L3 min PSNR dB", "RTX build s", "build wall s", "plan MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for precision in PRECISIONS:
@@ -139,10 +141,10 @@ def table(art: Path, verified: dict, built: dict) -> list[str]:
             if precision not in entry["precisions"]:
                 continue
             onnx_mib = sum((art / f).stat().st_size for f in entry["precisions"][precision]["files"]) / MIB
-            rel, mx, cos, fails = level1(verified[precision], graph)
+            rel, mx, cos, mean, fails = level1(verified[precision], graph)
             secs, wall, plan = built[graph, precision]
             cells = [graph, precision, f"{onnx_mib:.2f}", fmt(rel, ".2e"), fmt(mx, ".2e"), fmt(cos, ".6f"),
-                     fmt(fails, "d"), l2, fmt(psnr, ".1f"), fmt(secs, ".2f"), f"{wall:.1f}", fmt(plan, ".2f")]
+                     fmt(mean, ".6f"), fmt(fails, "d"), l2, fmt(psnr, ".1f"), fmt(secs, ".2f"), f"{wall:.1f}", fmt(plan, ".2f")]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 
