@@ -146,6 +146,12 @@ class Component:
             out += [Case(f"{c.label} #{k + 1}", c.feeds) for c, n in zip(again, draws) if k < n]
         return out
 
+    def level1_references(self, bundle: ModelBundle, spec: GraphSpec, profile: DeploymentProfile,
+                          rng: np.random.Generator):
+        """(label, inputs, reference outputs) of every level-1 case, one case at a time."""
+        for case in self.level1_cases(bundle, spec, profile, rng):
+            yield case.label, case.feeds, self.run_reference(bundle, spec, case.feeds)
+
     def run_reference(self, bundle: ModelBundle, spec: GraphSpec, feeds: Feeds) -> Feeds:
         if self.reference is not None:
             return self.reference(bundle, spec, feeds)

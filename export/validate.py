@@ -10,7 +10,7 @@ from nextstep_ref.checkpoint import ModelBundle
 from nextstep_trt.precision import Precision
 from nextstep_trt.report import ParityReport
 from runtime.ort_session import make_session
-from runtime.parity import compare_level1, level1_means
+from runtime.parity import check_level1
 
 from .components import COMPONENTS
 from .profile import DeploymentProfile
@@ -28,14 +28,11 @@ def ort_runner(onnx_path: Path, spec: GraphSpec) -> Runner:
 
 def validate_graph(bundle: ModelBundle, spec: GraphSpec, run: Runner, profile: DeploymentProfile,
                    precision: Precision = Precision.FP32, seed: int = 0) -> ParityReport:
-    """Run every validation case through ``run`` and the reference; one row per (case, output tensor), then the
-    per-tensor means the precision's bounds ask for."""
-    component = COMPONENTS[spec.name]
-    report = ParityReport()
-    for case in component.level1_cases(bundle, spec, profile, np.random.default_rng(seed)):
-        spec.check_inputs(case.feeds)
-        got = {k: np.asarray(v).astype(np.float32) for k, v in run(case.feeds).items()}
-        report.extend(compare_level1(spec.name, precision, case.label,
-                                     component.run_reference(bundle, spec, case.feeds), got))
-    report.extend(level1_means(report))
-    return report
+    """Run every validation case through ``run`` and the reference, one case at a time; one row per (case, output
+    tensor), then the per-tensor means the precision's bounds ask for."""
+    def checked(feeds: dict) -> dict:
+        spec.check_inputs(feeds)
+        return {k: np.asarray(v).astype(np.float32) for k, v in run(feeds).items()}
+
+    cases = COMPONENTS[spec.name].level1_references(bundle, spec, profile, np.random.default_rng(seed))
+    return check_level1(spec.name, precision, cases, checked)

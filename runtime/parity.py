@@ -87,6 +87,16 @@ def compare_level1(graph: str, precision: Precision, case: str, ref: dict, got: 
                                graph_bound(graph, precision, name)) for name in ref])
 
 
+def check_level1(graph: str, precision: Precision, cases, run) -> ParityReport:
+    """Every (label, inputs, reference outputs) case of one graph through ``run(inputs)``, then the per-tensor means
+    its bounds ask for (export validation and ``verify`` both check level 1 through here)."""
+    report = ParityReport()
+    for label, feeds, ref in cases:
+        report.extend(compare_level1(graph, precision, label, ref, run(feeds)))
+    report.extend(level1_means(report))
+    return report
+
+
 def level1_means(report: ParityReport) -> ParityReport:
     """One row per (graph, precision, tensor) whose bound has a ``mean_cosine``: the mean of the tensor's cosine
     over every level-1 case in ``report``, naming the lowest case when the mean falls short."""

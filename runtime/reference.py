@@ -26,9 +26,8 @@ class LiveReference:
 
     def level1(self, spec: GraphSpec) -> list[tuple[str, dict, dict]]:
         """(case label, inputs, reference outputs) for one graph, on the same cases as export validation."""
-        comp = COMPONENTS[spec.name]
-        cases = comp.level1_cases(self.bundle, spec, self.profile, np.random.default_rng(self.seed))
-        return [(c.label, c.feeds, comp.run_reference(self.bundle, spec, c.feeds)) for c in cases]
+        return list(COMPONENTS[spec.name].level1_references(self.bundle, spec, self.profile,
+                                                            np.random.default_rng(self.seed)))
 
     def cases(self) -> list[LoopCase]:
         if self._cases is None:

@@ -9,7 +9,7 @@ from nextstep_trt.report import CPU_FP16_NOTE, ParityReport
 
 from .backend import Backend
 from .loop import encode_images
-from .parity import compare_level1, compare_level2, compare_level3, level1_means, run_trace
+from .parity import check_level1, compare_level2, compare_level3, run_trace
 
 CPU_BACKENDS = ("onnxruntime", "onnx-reference")
 
@@ -26,11 +26,8 @@ def verify_backend(backend: Backend, reference, precision: Precision, levels=(1,
         for graph, spec in backend.specs.items():
             if at.get(graph, precision) != precision:
                 continue
-            rows = ParityReport()
-            for label, feeds, ref in reference.level1(spec):
-                rows.extend(compare_level1(graph, precision, label, ref, backend.run(graph, feeds)))
-            report.extend(rows)
-            report.extend(level1_means(rows))
+            report.extend(check_level1(graph, precision, reference.level1(spec),
+                                       lambda feeds, g=graph: backend.run(g, feeds)))
             log(f"level 1: {graph} checked")
     for case in reference.cases() if {2, 3} & set(levels) else []:
         if 2 in levels:

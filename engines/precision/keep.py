@@ -113,7 +113,7 @@ def output_region(g: GraphIndex, outputs: list[str]) -> set[str]:
     constant weight): what follows the last layer, e.g. the fused sampler's integrator (CFG combine, Euler
     update, noise) whose state a low-precision type would round at every step."""
     out: set[str] = set()
-    stack = [t for t in outputs]
+    stack = list(outputs)
     while stack:
         node = g.producer.get(stack.pop())
         if node is None or node.name in out:

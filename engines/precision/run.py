@@ -135,20 +135,19 @@ def quantize_all(opts: QuantizeOptions, bundle: ModelBundle | None = None, log=p
             continue
         records[g] = manifest.entry(g, opts.precision)
         log(f"{g} [{opts.precision.value}]: {records[g]['bytes'] / 2**20:.2f} MiB, {_kept_text(recipe)}"
-            + (f", {_validation_text(report)}" if report.rows else ""))
+            + (f", {_validation_text(records[g]['validation'])}" if report.rows else ""))
     if failed:
         raise CheckFailed(f"{len(failed)} of {len(names)} {opts.precision.value} graphs failed validation and were "
                           f"not installed; first: {failed[0]}")
     return records
 
 
-def _validation_text(report: ParityReport) -> str:
-    """Level 1 in one phrase: worst rel-L2 and lowest cosine of any case, and the lowest per-tensor mean."""
-    cases = [r.metrics for r in report.rows if r.metrics is not None]
-    means = [r.extra["mean_cosine"] for r in report.rows if "mean_cosine" in r.extra]
-    text = (f"level 1 over {len(cases)} case outputs: worst rel-L2 {max(m.rel_l2 for m in cases):.2e}, "
-            f"lowest cos {min(m.cosine for m in cases):.6f}")
-    return text + (f", lowest mean cos {min(means):.6f}" if means else "")
+def _validation_text(summary: dict) -> str:
+    """Level 1 in one phrase, from the manifest's validation summary (export.run._summary)."""
+    means = summary.get("mean_cosine", {})
+    text = (f"level 1 over {summary['cases']} cases: worst rel-L2 {summary['worst_rel_l2']:.2e}, "
+            f"lowest cos {summary['lowest_cosine']:.6f}")
+    return text + (f", lowest mean cos {min(means.values()):.6f}" if means else "")
 
 
 def _install(bundle: ModelBundle, manifest: Manifest, graph: str, model: onnx.ModelProto, recipe: dict,
