@@ -9,13 +9,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from export.spec import GraphSpec
-from export.trt_check import FLAVORS, import_flavor, parse_network
-from nextstep_trt.errors import CheckFailed, UserError
-from nextstep_trt.fileio import write_bytes
-from nextstep_trt.precision import Precision
-
-from .gpu import GpuProbe, cc_tuple, probe_gpu
+from nextstep_trt.core.errors import CheckFailed, UserError
+from nextstep_trt.core.fileio import write_bytes
+from nextstep_trt.core.gpu import GpuProbe, cc_tuple, probe_gpu
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.export.spec import GraphSpec
+from nextstep_trt.export.trt_check import FLAVORS, import_flavor, parse_network
+from nextstep_trt.runtime.plans import Target
 
 FP8_MIN_CC = (8, 9)
 RTX_TIMING_NOTE = "not used: timing cache operations are no-ops in TensorRT-RTX >= 1.2"
@@ -52,19 +52,6 @@ class BuildOptions:
             d.pop(name)
         d["extra_flags"] = sorted(self.extra_flags)
         return d
-
-
-@dataclass(frozen=True)
-class Target:
-    """What an engine is built by and for: the cache key and the runtime's acceptance test both use it."""
-
-    flavor: str
-    version: str
-    compute_capability: str
-    gpu: str | None = None                      # GPU name (standard TensorRT builds for the GPU it runs on)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def default_flavor(probe: GpuProbe | None = None) -> str:
@@ -237,7 +224,7 @@ def _attach_timing_cache(config, opts: BuildOptions):
 
 def inspect_engine(trt, logger, plan, spec: GraphSpec, profiles: list[dict]) -> dict:
     """Deserialize (needs a GPU) and check the engine's I/O names, modes, dtypes and profile shapes."""
-    from export.trt_check import _DTYPES
+    from nextstep_trt.export.trt_check import _DTYPES
 
     engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
     if engine is None:

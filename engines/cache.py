@@ -17,24 +17,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.manifest import Manifest, sha256_file, versions
-from nextstep_trt.errors import UserError
-from nextstep_trt.fileio import atomic_dir, write_json
-from nextstep_trt.precision import Precision
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.fileio import atomic_dir, write_json
+from nextstep_trt.core.gpu import GpuProbe, probe_gpu
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.export.manifest import Manifest, sha256_file, versions
+from nextstep_trt.runtime.plans import MANIFEST, PLAN, Target, check_plan, engines_root, plan_dir
 
-from .builder import RTX_TIMING_NOTE, BuildOptions, Target, build_plan, trt_profiles
-from .gpu import GpuProbe, probe_gpu
+from .builder import RTX_TIMING_NOTE, BuildOptions, build_plan, trt_profiles
 
 KEY_VERSION = 1
-PLAN, MANIFEST = "engine.plan", "manifest.json"
-
-
-def engines_root(artifacts: Path) -> Path:
-    return Path(artifacts) / "engines"
-
-
-def plan_dir(artifacts: Path, graph: str, precision: Precision, key: str) -> Path:
-    return engines_root(artifacts) / graph / Precision(precision).value / key[:16]
 
 
 def timing_cache_path(artifacts: Path, target: Target) -> Path:
@@ -72,46 +64,6 @@ def key_inputs(manifest: Manifest, graph: str, precision: Precision, opts: Build
 
 def cache_key(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def read_engine_manifest(folder: Path) -> dict:
-    path = folder / MANIFEST
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{folder} has no {MANIFEST}: not a complete engine (rebuild with --force)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not valid JSON ({err}): rebuild with --force") from None
-
-
-def mismatch(record: dict, target: Target) -> str | None:
-    """Why a plan built as ``record`` cannot run on ``target`` (None: it can)."""
-    built = record.get("target", {})
-    for field, label in (("flavor", "flavour"), ("version", "version"), ("compute_capability", "compute capability")):
-        if built.get(field) != getattr(target, field):
-            return (f"built by {built.get('flavor')} {built.get('version')} for compute capability "
-                    f"{built.get('compute_capability')}, but this is {target.flavor} {target.version} for "
-                    f"{target.compute_capability} ({label} differs)")
-    if target.flavor == "tensorrt" and built.get("gpu") not in (None, target.gpu):
-        return f"built on a {built.get('gpu')}, this GPU is a {target.gpu}"
-    return None
-
-
-def check_plan(folder: Path, target: Target) -> dict:
-    """The engine manifest of a plan that may run on ``target``; a UserError gives the reason otherwise."""
-    record = read_engine_manifest(folder)
-    reason = mismatch(record, target)
-    if reason:
-        raise UserError(f"refusing {folder / PLAN}: {reason}")
-    plan = folder / PLAN
-    if not plan.is_file():
-        raise UserError(f"refusing {folder}: {PLAN} is missing")
-    size = plan.stat().st_size
-    if size != record.get("plan_bytes"):
-        raise UserError(f"refusing {plan}: {size} bytes, the manifest says {record.get('plan_bytes')} (truncated?)")
-    if sha256_file(plan) != record.get("plan_sha256"):
-        raise UserError(f"refusing {plan}: sha256 does not match its manifest (corrupted)")
-    return record
 
 
 @dataclass
@@ -182,26 +134,3 @@ def _write(tmp: Path, built, key: str, inputs: dict, graph: str, precision: Prec
               "plan_sha256": digest.hexdigest()}
     write_json(tmp / MANIFEST, record)
     return record
-
-
-def find_plan(artifacts: Path, graph: str, precision: Precision, target: Target, onnx_sha256: str) -> Path:
-    """The newest cached plan of this graph built from this ONNX graph for ``target``; a UserError lists why
-    every candidate was refused."""
-    root = engines_root(artifacts) / graph / Precision(precision).value
-    candidates = sorted((d for d in root.glob("*") if d.is_dir() and not d.name.startswith(".")),
-                        key=lambda d: d.stat().st_mtime, reverse=True) if root.is_dir() else []
-    reasons = []
-    for folder in candidates:
-        try:
-            record = read_engine_manifest(folder)
-            if record.get("key_inputs", {}).get("onnx", {}).get("graph_sha256") != onnx_sha256:
-                reasons.append(f"{folder.name}: built from another version of the ONNX graph")
-                continue
-            check_plan(folder, target)
-            return folder / PLAN
-        except UserError as err:
-            reasons.append(f"{folder.name}: {err}")
-    if not reasons:
-        raise UserError(f"no {Precision(precision).value} {graph} engine under {root}: run `nextstep-trt build "
-                        f"--artifacts {artifacts} --precision {Precision(precision).value}`")
-    raise UserError(f"no usable {graph} engine: " + "; ".join(reasons))

@@ -12,10 +12,9 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nextstep_trt.errors import UserError
-from nextstep_trt.resources import free_disk, free_ram
-
-from .gpu import GpuProbe, cc_tuple, probe_gpu
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.gpu import GpuProbe, cc_tuple, probe_gpu
+from nextstep_trt.core.resources import free_disk, free_ram
 
 BUILD_PEAK_FACTOR = 3.7          # TensorRT-RTX build peak RSS / ONNX weight bytes (toolchain notes, 395 MB graph)
 BUILD_BASELINE = 300 * 2**20     # a TensorRT-RTX build process of a tiny graph peaks at ~0.3 GB (measured)
@@ -44,7 +43,7 @@ def _version(pkg: str) -> str | None:
 
 def _flavor_status(flavor: str) -> tuple[object | None, str]:
     """(module or None, version or why it is missing)."""
-    from export.trt_check import import_flavor
+    from nextstep_trt.export.trt_check import import_flavor
 
     try:
         trt = import_flavor(flavor)
@@ -101,7 +100,7 @@ def host_section(artifacts: Path | None) -> Section:
 
 def build_estimates(artifacts: Path, graphs: list[str] | None) -> list[tuple[str, str, int, int]]:
     """(graph, precision, ONNX bytes, estimated TensorRT-RTX build peak bytes) from the artifacts manifest."""
-    from export.manifest import Manifest
+    from nextstep_trt.export.manifest import Manifest
 
     manifest = Manifest.load(artifacts)
     unknown = [g for g in graphs or [] if g not in manifest.graphs]

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from nextstep_trt.resources import GB, free_disk, free_ram
+from nextstep_trt.core.resources import GB, free_disk, free_ram
 
 from .doctor import BUILD_PEAK_FACTOR, Section
 
@@ -38,9 +38,9 @@ class Step:
 
 
 def _params(cfg) -> dict[str, int]:
-    from export.profile import DeploymentProfile
-    from export.sizes import graph_parameters
-    from nextstep_ref.weights import model_shapes, vae_shapes
+    from nextstep_trt.export.profile import DeploymentProfile
+    from nextstep_trt.export.sizes import graph_parameters
+    from nextstep_trt.ref.weights import model_shapes, vae_shapes
 
     out = dict(graph_parameters(cfg, DeploymentProfile()))
     out["checkpoint"] = sum(math.prod(s) for s in model_shapes(cfg).values())
@@ -53,7 +53,7 @@ def _params(cfg) -> dict[str, int]:
 
 def kv_cache_bytes(cfg, profile=None) -> int:
     """Host/device bytes of the KV cache at the profile's capacity and largest batch (both CFG rows)."""
-    from export.profile import DeploymentProfile
+    from nextstep_trt.export.profile import DeploymentProfile
 
     profile = profile or DeploymentProfile()
     bb = cfg.backbone
@@ -119,7 +119,7 @@ def checkpoint_dtype(model_dir: Path) -> str:
 
 def model_sections(model_dir: str | Path) -> list[Section]:
     """The doctor sections for one model folder: per-step estimates and whether this machine can do each."""
-    from nextstep_ref.config import load_config
+    from nextstep_trt.ref.config import load_config
 
     model_dir = Path(model_dir)
     cfg, dtype = load_config(model_dir), checkpoint_dtype(model_dir)

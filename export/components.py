@@ -7,8 +7,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from nextstep_ref.checkpoint import ModelBundle
-from nextstep_ref.sampler import sample_token
+from nextstep_trt.ref.checkpoint import ModelBundle
+from nextstep_trt.ref.sampler import sample_token
 
 from . import graphs
 from .profile import DeploymentProfile, sampler_of

@@ -19,8 +19,8 @@ from typing import Iterator
 import torch
 from onnx import TensorProto
 
-from nextstep_trt.errors import UserError
-from nextstep_trt.resources import require_disk
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.resources import require_disk
 
 CHUNK_BYTES = 1 << 26             # bytes read, converted or compared at a time
 ALIGN = 4096                      # offsets in a written .data file (ONNX recommends page alignment for mmap)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nextstep_ref.head import FlowMatchingHead, token_norm
-from nextstep_ref.model import NextStep
-from nextstep_ref.sampling import SamplerConfig, run_sampler, sampler_steps
-from nextstep_ref.vae import AutoEncoder
+from nextstep_trt.ref.head import FlowMatchingHead, token_norm
+from nextstep_trt.ref.model import NextStep
+from nextstep_trt.ref.sampling import SamplerConfig, run_sampler, sampler_steps
+from nextstep_trt.ref.vae import AutoEncoder
 
 
 class BackboneGraph(nn.Module):

@@ -14,20 +14,19 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
-from nextstep_trt.report import ParityReport
+from nextstep_trt.core.report import ParityReport
 
 from .external import ONNX_TO_TORCH, checkpoint_key
+from .initializers import GraphBytes, external_info, tensor_bytes
 from .lint import lint_model, load_model
 from .sources import WeightSources
 from .spec import GraphSpec
 
 HASHES_KEY = "nextstep_trt.weight_sha256"     # model metadata: {initializer: sha256 of its bytes at export}
-READ_BYTES = 1 << 26
 
 
 @dataclass
@@ -70,55 +69,6 @@ class IntegrityReport:
         return bad[0] if bad else ""
 
 
-def external_info(t: TensorProto) -> tuple[str, int, int]:
-    """(location, offset, length) of an external initializer."""
-    info = {e.key: e.value for e in t.external_data}
-    return info["location"], int(info.get("offset", 0)), int(info["length"])
-
-
-def tensor_bytes(t: TensorProto, graph_dir: Path) -> Iterator[bytes]:
-    """An initializer's bytes, streamed from its external file or taken from the proto."""
-    if t.data_location != TensorProto.EXTERNAL:
-        yield t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
-        return
-    location, offset, length = external_info(t)
-    with open(graph_dir / location, "rb") as f:
-        f.seek(offset)
-        while length > 0:
-            block = f.read(min(length, READ_BYTES))
-            if not block:
-                raise EOFError(f"{location} ends before {t.name}'s data does")
-            length -= len(block)
-            yield block
-
-
-class _GraphBytes:
-    """An initializer's bytes, read n at a time from its external file or from the proto."""
-
-    def __init__(self, t: TensorProto, graph_dir: Path):
-        self.file, self.data, self.pos = None, b"", 0
-        if t.data_location == TensorProto.EXTERNAL:
-            location, offset, self.left = external_info(t)
-            self.file = open(graph_dir / location, "rb")
-            self.file.seek(offset)
-        else:
-            self.data = b"".join(tensor_bytes(t, graph_dir))
-            self.left = len(self.data)
-
-    def read(self, n: int) -> bytes:
-        n = min(n, self.left)
-        out = self.file.read(n) if self.file else self.data[self.pos:self.pos + n]
-        self.pos, self.left = self.pos + len(out), self.left - len(out)
-        return out
-
-    def __enter__(self) -> "_GraphBytes":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.file:
-            self.file.close()
-
-
 def _compare_one(t: TensorProto, graph: str, graph_dir: Path, sources: WeightSources, h) -> str | None:
     """Stream one initializer against its checkpoint tensor, hashing its bytes into ``h``; a problem or None."""
     key = checkpoint_key(graph, t.name)
@@ -128,7 +78,7 @@ def _compare_one(t: TensorProto, graph: str, graph_dir: Path, sources: WeightSou
         return None
     if tuple(t.dims) != sources.shape(graph, key):
         return f"{t.name} is {list(t.dims)}, checkpoint {key} is {list(sources.shape(graph, key))}"
-    with _GraphBytes(t, graph_dir) as graph_bytes:
+    with GraphBytes(t, graph_dir) as graph_bytes:
         for want in sources.chunks(graph, key, ONNX_TO_TORCH[t.data_type]):
             got = graph_bytes.read(len(want))
             h.update(got)

@@ -15,7 +15,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 from .spec import GraphSpec
 

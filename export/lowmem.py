@@ -20,23 +20,23 @@ from pathlib import Path
 import onnx
 import torch
 
-from nextstep_ref.checkpoint import ModelBundle
-from nextstep_ref.config import NextStepConfig, load_config
-from nextstep_ref.weights import check_keys, model_shapes, shard_files, vae_shapes
-from nextstep_trt.errors import UserError
-from nextstep_trt.precision import Precision
-from nextstep_trt.report import ParityReport
-from nextstep_trt.resources import gb, require_disk
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.core.report import ParityReport
+from nextstep_trt.core.resources import gb, require_disk
+from nextstep_trt.ref.checkpoint import ModelBundle
+from nextstep_trt.ref.config import NextStepConfig, load_config
+from nextstep_trt.ref.weights import check_keys, model_shapes, shard_files, vae_shapes
 
 from .components import COMPONENTS
 from .exporter import save, trace
 from .external import check_stored, checkpoint_tensors, describe, verify_offsets
+from .install import ExportOptions, check_writable, install_graph
 from .integrity import IntegrityReport, check_graph_file, check_locations, compare_weights, record_hashes, run_checker
 from .lint import load_model
 from .manifest import Manifest
 from .metatrace import CastIO, external_proto, trace_meta
 from .profile import graph_specs
-from .run import ExportOptions, check_writable, install_graph
 from .sizes import graph_weight_bytes
 from .sources import WeightSources
 from .spotcheck import spot_check
@@ -78,8 +78,8 @@ def open_checkpoint(model_dir: Path) -> tuple[NextStepConfig, WeightSources]:
 
 def small_bundle(cfg: NextStepConfig, sources: WeightSources, dtype: torch.dtype, graphs) -> ModelBundle:
     """A bundle whose backbone stays on the meta device; the head and VAE are real when a graph needs them."""
-    from nextstep_ref.model import NextStep
-    from nextstep_ref.vae import AutoEncoder
+    from nextstep_trt.ref.model import NextStep
+    from nextstep_trt.ref.vae import AutoEncoder
 
     with torch.device("meta"):
         model, vae = NextStep(cfg).to(dtype).eval(), AutoEncoder(cfg.vae).to(dtype).eval()
@@ -134,7 +134,7 @@ def _weights_or_fail(proto: onnx.ModelProto, graph: str, graph_dir: Path, source
 def export_backbone(spec, opts: ExportOptions, manifest: Manifest, cfg: NextStepConfig, sources: WeightSources,
                     layer: int | None) -> ParityReport:
     """Meta-device trace; weights linked or converted into external data; integrity-checked; installed."""
-    from nextstep_ref.model import NextStep
+    from nextstep_trt.ref.model import NextStep
 
     from .graphs import BackboneGraph
 

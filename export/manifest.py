@@ -5,11 +5,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from nextstep_ref.config import NextStepConfig, config_from_dicts, model_config_dict, vae_config_dict
-from nextstep_trt.errors import UserError
-from nextstep_trt.fileio import write_json
-from nextstep_trt.precision import Precision
-from nextstep_trt.resources import versions as installed_versions
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.fileio import write_json
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.core.resources import versions as installed_versions
+from nextstep_trt.ref.config import NextStepConfig, config_from_dicts, model_config_dict, vae_config_dict
 
 from .profile import DeploymentProfile
 from .spec import SPEC_VERSION, GraphSpec

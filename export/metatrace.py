@@ -14,7 +14,7 @@ import onnx
 import torch
 from torch import nn
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 from .exporter import _name_output_dims, dynamic_shapes, example_args
 from .external import ONNX_TO_TORCH, Placement, StoredTensor, checkpoint_key, place_weights

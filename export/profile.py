@@ -4,9 +4,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from nextstep_ref.config import NextStepConfig
-from nextstep_ref.sampling import SamplerConfig, SamplerVariant
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.ref.config import NextStepConfig
+from nextstep_trt.ref.sampling import SamplerConfig, SamplerVariant
 
 from .spec import Dim, GraphSpec, Profile, TensorSpec, kv_names
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import math
 
-from nextstep_ref.config import NextStepConfig
-from nextstep_ref.weights import backbone_shapes, head_shapes, model_shapes, vae_shapes
+from nextstep_trt.ref.config import NextStepConfig
+from nextstep_trt.ref.weights import backbone_shapes, head_shapes, model_shapes, vae_shapes
 
 from .profile import DeploymentProfile, graph_specs
 

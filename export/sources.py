@@ -6,7 +6,7 @@ from typing import Iterator
 
 import torch
 
-from nextstep_ref.weights import shard_files
+from nextstep_trt.ref.weights import shard_files
 
 from .external import VAE_GRAPHS, StoredTensor, checkpoint_tensors, read_tensor, source_chunks
 
@@ -22,7 +22,7 @@ class WeightSources:
     def vae_state(self) -> dict[str, torch.Tensor]:
         """The VAE state dict (small: ~0.3 GB for Large in fp32), loaded once."""
         if self._vae is None:
-            from nextstep_ref.checkpoint import _load_vae_state
+            from nextstep_trt.ref.checkpoint import _load_vae_state
 
             self._vae = _load_vae_state(self.model_dir / "vae")
         return self._vae

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool")
 SPEC_VERSION = 1

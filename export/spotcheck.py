@@ -21,15 +21,15 @@ import torch
 from onnx import TensorProto, numpy_helper
 from onnx.external_data_helper import set_external_data
 
-from nextstep_ref.config import NextStepConfig, load_config
-from nextstep_trt.errors import UserError
-from nextstep_trt.metrics import compare
-from nextstep_trt.precision import Precision
-from nextstep_trt.report import ParityReport, ParityRow
-from nextstep_trt.tolerances import BF16_WIDENED, graph_bound
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.metrics import compare
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.core.report import ParityReport, ParityRow
+from nextstep_trt.core.tolerances import BF16_WIDENED, graph_bound
+from nextstep_trt.ref.config import NextStepConfig, load_config
 
 from .external import ONNX_TO_TORCH, checkpoint_key
-from .integrity import tensor_bytes
+from .initializers import tensor_bytes
 from .sources import WeightSources
 
 SCOPES = "pkg.torch.onnx.name_scopes"
@@ -175,7 +175,7 @@ def extract_layer(model: onnx.ModelProto, k: int, hidden: int) -> tuple[onnx.Mod
 
 def layer_check(path, model: onnx.ModelProto, sources: WeightSources, cfg: NextStepConfig, k: int) -> ParityReport:
     """Decoder layer k of the backbone graph against a torch DecoderLayer loaded with layer k's weights."""
-    from nextstep_ref.backbone import DecoderLayer, attention_allowed, rope_cos_sin
+    from nextstep_trt.ref.backbone import DecoderLayer, attention_allowed, rope_cos_sin
 
     from .components import backbone_feeds
 
@@ -200,7 +200,7 @@ def layer_check(path, model: onnx.ModelProto, sources: WeightSources, cfg: NextS
 
 def head_check(path, model: onnx.ModelProto, sources: WeightSources, cfg: NextStepConfig) -> ParityReport:
     """head_step (x, t, cond -> v) against the torch head loaded from the checkpoint."""
-    from nextstep_ref.head import FlowMatchingHead
+    from nextstep_trt.ref.head import FlowMatchingHead
 
     dtype = graph_dtype(model, "head_step")
     rng = np.random.default_rng(1)
@@ -218,7 +218,7 @@ def head_check(path, model: onnx.ModelProto, sources: WeightSources, cfg: NextSt
 def vae_check(graph: str, path, model: onnx.ModelProto, sources: WeightSources,
               cfg: NextStepConfig) -> ParityReport:
     """vae_decoder (8x8 latents -> 64x64 image) or vae_encoder (the reverse) against the torch VAE."""
-    from nextstep_ref.vae import AutoEncoder
+    from nextstep_trt.ref.vae import AutoEncoder
 
     dtype, side, rng = graph_dtype(model, graph), 64 // cfg.vae.downsample, np.random.default_rng(2)
     if graph == "vae_decoder":

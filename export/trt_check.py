@@ -9,7 +9,7 @@ import importlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 FLAVORS = {"tensorrt-rtx": "tensorrt_rtx", "tensorrt": "tensorrt"}
 _DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32",

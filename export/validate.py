@@ -6,16 +6,15 @@ from typing import Callable
 
 import numpy as np
 
-from nextstep_ref.checkpoint import ModelBundle
-from nextstep_trt.precision import Precision
-from nextstep_trt.report import ParityReport
-from runtime.ort_session import make_session
-from runtime.parity import check_level1
+from nextstep_trt.core.level1 import check_level1
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.core.report import ParityReport
+from nextstep_trt.export.ort_session import make_session
+from nextstep_trt.ref.checkpoint import ModelBundle
 
 from .components import COMPONENTS
 from .profile import DeploymentProfile
 from .spec import GraphSpec
-
 
 Runner = Callable[[dict], dict]   # feeds -> outputs of one graph
 

@@ -7,15 +7,24 @@ from pathlib import Path
 
 import torch
 
-from nextstep_trt.errors import UserError
-from nextstep_trt.fileio import atomic_dir
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.fileio import atomic_dir
 
 from .config import NextStepConfig, load_config, model_config_dict, vae_config_dict
 from .model import NextStep
 from .tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 from .vae import AutoEncoder
-from .weights import (check_keys, index_json, iter_shard_tensors, model_shapes, plan_shards, safetensors_shapes,
-                      shard_files, shard_name, vae_shapes)
+from .weights import (
+    check_keys,
+    index_json,
+    iter_shard_tensors,
+    model_shapes,
+    plan_shards,
+    safetensors_shapes,
+    shard_files,
+    shard_name,
+    vae_shapes,
+)
 
 DEFAULT_SHARD_BYTES = 5 * 2**30
 

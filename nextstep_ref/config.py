@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 
 @dataclass(frozen=True)

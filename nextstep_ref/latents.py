@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 from .config import VAEConfig
 

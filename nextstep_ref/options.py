@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 from .sampling import CfgSchedule, SamplerConfig, SamplerVariant
 

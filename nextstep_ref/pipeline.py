@@ -7,8 +7,15 @@ import numpy as np
 import torch
 
 from .checkpoint import ModelBundle
-from .latents import (from_model_space, image_to_uint8, patchify_latents, to_model_space, token_grid,
-                      uint8_to_image, unpatchify_latents)
+from .latents import (
+    from_model_space,
+    image_to_uint8,
+    patchify_latents,
+    to_model_space,
+    token_grid,
+    uint8_to_image,
+    unpatchify_latents,
+)
 from .noise import NoiseSource, image_seeds
 from .options import EDIT_DEFAULTS, GenerationOptions
 from .prompt import PromptBatch, edit_prompt, scatter_image_tokens, text_to_image_prompt

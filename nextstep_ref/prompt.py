@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 from .config import SpecialTokens
 from .tokenizer import SPECIAL_STRINGS

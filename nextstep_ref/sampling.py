@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 
 class SamplerVariant(str, enum.Enum):

@@ -17,9 +17,9 @@ from typing import Callable, Iterator
 
 import torch
 
-from nextstep_trt.errors import UserError
-from nextstep_trt.fileio import atomic_dir
-from nextstep_trt.resources import gb, require_disk
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.fileio import atomic_dir
+from nextstep_trt.core.resources import gb, require_disk
 
 from .config import NextStepConfig, model_config_dict, vae_config_dict
 from .tokenizer import build_tokenizer, save_tokenizer

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 from .config import BackboneConfig, HeadConfig, NextStepConfig, VAEConfig
 

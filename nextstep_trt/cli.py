@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-from nextstep_trt.errors import CheckFailed, UserError
+from nextstep_trt.core.errors import CheckFailed, UserError
 
 # command name -> module in nextstep_trt.commands that defines add_arguments(parser) and run(args) -> int
 COMMANDS = {

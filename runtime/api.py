@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nextstep_ref.config import NextStepConfig, load_config
-from nextstep_ref.options import GenerationOptions
-from nextstep_ref.tokenizer import load_tokenizer
-from nextstep_trt.errors import UserError
-from nextstep_trt.precision import Precision
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.ref.config import NextStepConfig, load_config
+from nextstep_trt.ref.options import GenerationOptions
+from nextstep_trt.ref.tokenizer import load_tokenizer
 
 from .backend import Backend
 
@@ -22,7 +22,7 @@ def open_backend(name: str, model_dir: str | Path | None = None, artifacts: str 
         if bundle is None:
             if model_dir is None:
                 raise UserError("the torch backend needs --model")
-            from nextstep_ref.checkpoint import load_model
+            from nextstep_trt.ref.checkpoint import load_model
 
             bundle = load_model(model_dir, with_tokenizer=False)
         from .torch_backend import TorchBackend
@@ -31,7 +31,7 @@ def open_backend(name: str, model_dir: str | Path | None = None, artifacts: str 
     if artifacts is None:
         raise UserError(f"the {name} backend needs --artifacts (run `nextstep-trt export` first)")
     if name == "onnxruntime" and precision is Precision.BF16 and device == "cpu":
-        from .onnx_reference_backend import ReferenceBackend   # ORT's CPU provider has no bf16 kernels
+        from .onnx_reference_backend import ReferenceBackend  # ORT's CPU provider has no bf16 kernels
 
         backend = ReferenceBackend(artifacts, precision, threads)
     elif name == "onnxruntime":

@@ -1,4 +1,4 @@
-"""The backend protocol: every backend runs the same graphs; the loop in ``runtime.loop`` is written once against it.
+"""The backend protocol: every backend runs the same graphs; the loop in ``nextstep_trt.runtime.loop`` is written once against it.
 
 A backend implements ``run(graph, feeds)`` (one graph call on host arrays). The KV cache bookkeeping, the fused
 sampler (or its per-step fallback through ``head_step``) and the VAE calls are shared here; a device backend
@@ -10,11 +10,11 @@ import abc
 
 import numpy as np
 
-from export.profile import sampler_of
-from export.spec import GraphSpec, kv_names
-from nextstep_ref.config import NextStepConfig
-from nextstep_ref.sampling import SamplerConfig, run_sampler, sampler_steps
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.export.profile import sampler_of
+from nextstep_trt.export.spec import GraphSpec, kv_names
+from nextstep_trt.ref.config import NextStepConfig
+from nextstep_trt.ref.sampling import SamplerConfig, run_sampler, sampler_steps
 
 Feeds = dict[str, np.ndarray]
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.profile import DeploymentProfile
-from nextstep_ref.config import NextStepConfig
-from nextstep_ref.latents import token_grid
-from nextstep_ref.noise import NoiseSource, image_seeds
-from nextstep_ref.options import EDIT_DEFAULTS, GenerationOptions
-from nextstep_ref.prompt import edit_prompt, text_to_image_prompt
+from nextstep_trt.export.profile import DeploymentProfile
+from nextstep_trt.ref.config import NextStepConfig
+from nextstep_trt.ref.latents import token_grid
+from nextstep_trt.ref.noise import NoiseSource, image_seeds
+from nextstep_trt.ref.options import EDIT_DEFAULTS, GenerationOptions
+from nextstep_trt.ref.prompt import edit_prompt, text_to_image_prompt
 
 from .parity import LoopCase
 

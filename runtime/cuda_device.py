@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 
 def cudart():
@@ -15,7 +15,7 @@ def cudart():
         from cuda.bindings import runtime
     except ImportError:
         try:
-            from cuda import cudart as runtime      # cuda-python < 12.6
+            from cuda import cudart as runtime  # cuda-python < 12.6
         except ImportError:
             raise UserError("cuda-python is not installed: pip install cuda-python (the tensorrt backend needs "
                             "it for device buffers, streams and CUDA graphs)") from None

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from export.manifest import versions
-from export.spec import GraphSpec
-from nextstep_ref.options import GenerationOptions
-from nextstep_ref.prompt import PromptBatch
-from nextstep_ref.sampling import CfgSchedule, SamplerVariant
-from nextstep_trt.errors import UserError
-from nextstep_trt.fileio import atomic_dir
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.fileio import atomic_dir
+from nextstep_trt.export.manifest import versions
+from nextstep_trt.export.spec import GraphSpec
+from nextstep_trt.ref.options import GenerationOptions
+from nextstep_trt.ref.prompt import PromptBatch
+from nextstep_trt.ref.sampling import CfgSchedule, SamplerVariant
 
 from .parity import LoopCase, LoopTrace
 
@@ -78,7 +78,7 @@ def record(reference, specs: dict[str, GraphSpec], out_dir: str | Path, meta: di
 
 
 class GoldenReference:
-    """A recorded reference: the same interface as ``runtime.reference.LiveReference``, no torch needed."""
+    """A recorded reference: the same interface as ``nextstep_trt.runtime.reference.LiveReference``, no torch needed."""
 
     def __init__(self, folder: str | Path):
         self.root = Path(folder)

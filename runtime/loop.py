@@ -9,13 +9,20 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from nextstep_ref.latents import (from_model_space, image_to_uint8, patchify_latents, to_model_space, token_grid,
-                                  uint8_to_image, unpatchify_latents)
-from nextstep_ref.noise import NoiseSource, image_seeds
-from nextstep_ref.options import GenerationOptions
-from nextstep_ref.prompt import PromptBatch, edit_prompt, scatter_image_tokens, text_to_image_prompt
-from nextstep_ref.sampling import cfg_at
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.ref.latents import (
+    from_model_space,
+    image_to_uint8,
+    patchify_latents,
+    to_model_space,
+    token_grid,
+    uint8_to_image,
+    unpatchify_latents,
+)
+from nextstep_trt.ref.noise import NoiseSource, image_seeds
+from nextstep_trt.ref.options import GenerationOptions
+from nextstep_trt.ref.prompt import PromptBatch, edit_prompt, scatter_image_tokens, text_to_image_prompt
+from nextstep_trt.ref.sampling import cfg_at
 
 from .backend import Backend, check_finite
 

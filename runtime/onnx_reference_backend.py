@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nextstep_trt.errors import UserError
-from nextstep_trt.precision import Precision
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.precision import Precision
 
 from .backend import Feeds
 from .ort_backend import OrtBackend

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from export.manifest import Manifest
-from nextstep_ref.weights import head_shapes
-from nextstep_trt.precision import Precision
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.export.manifest import Manifest
+from nextstep_trt.export.ort_session import make_session
+from nextstep_trt.ref.weights import head_shapes
 
 from .backend import Backend, Feeds
-from .ort_session import make_session
-
 
 # With the default thread count (0), a cache-sized head runs on the calling thread: a head session with a pool of
 # its own spins against the backbone's pool between calls (bench preset, 2 cores: decode 37 -> 20 ms per step with

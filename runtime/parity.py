@@ -1,7 +1,7 @@
 """Three-level parity (torch-free): what a loop run records, and how two records are compared. design.md §4.
 
-The reference side comes either live from torch (``runtime.reference``) or from a golden folder
-(``runtime.golden``), so a GPU machine without torch can verify its engines against goldens made elsewhere.
+The reference side comes either live from torch (``nextstep_trt.runtime.reference``) or from a golden folder
+(``nextstep_trt.runtime.golden``), so a GPU machine without torch can verify its engines against goldens made elsewhere.
 """
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nextstep_ref.options import GenerationOptions
-from nextstep_ref.prompt import PromptBatch
-from nextstep_ref.sampling import sampler_steps
-from nextstep_trt.metrics import Bound, compare, psnr
-from nextstep_trt.precision import Precision
-from nextstep_trt.report import ParityReport, ParityRow
-from nextstep_trt.tolerances import graph_bound, loop_bound, psnr_min
+from nextstep_trt.core.level1 import parity_row
+from nextstep_trt.core.metrics import Bound, compare, psnr
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.core.report import ParityReport, ParityRow
+from nextstep_trt.core.tolerances import loop_bound, psnr_min
+from nextstep_trt.ref.options import GenerationOptions
+from nextstep_trt.ref.prompt import PromptBatch
+from nextstep_trt.ref.sampling import sampler_steps
 
 from .backend import Backend
 from .loop import decode_images, generate_tokens
@@ -76,55 +77,15 @@ def run_trace(backend: Backend, case: LoopCase, forced: np.ndarray | None = None
     return trace
 
 
-def _row(level, graph, precision, case, tensor, ref, got, bound: Bound) -> ParityRow:
-    m = compare(ref, got)
-    return ParityRow(level, graph, precision, case, tensor, m, bound, bound.violations(m))
-
-
-def compare_level1(graph: str, precision: Precision, case: str, ref: dict, got: dict) -> ParityReport:
-    """Every output tensor of one graph call."""
-    return ParityReport([_row(1, graph, Precision(precision).value, case, name, ref[name], got[name],
-                               graph_bound(graph, precision, name)) for name in ref])
-
-
-def check_level1(graph: str, precision: Precision, cases, run) -> ParityReport:
-    """Every (label, inputs, reference outputs) case of one graph through ``run(inputs)``, then the per-tensor means
-    its bounds ask for (export validation and ``verify`` both check level 1 through here)."""
-    report = ParityReport()
-    for label, feeds, ref in cases:
-        report.extend(compare_level1(graph, precision, label, ref, run(feeds)))
-    report.extend(level1_means(report))
-    return report
-
-
-def level1_means(report: ParityReport) -> ParityReport:
-    """One row per (graph, precision, tensor) whose bound has a ``mean_cosine``: the mean of the tensor's cosine
-    over every level-1 case in ``report``, naming the lowest case when the mean falls short."""
-    groups: dict[tuple[str, str, str], list[ParityRow]] = {}
-    for r in report.rows:
-        if r.level == 1 and r.metrics is not None and r.bound.mean_cosine is not None:
-            groups.setdefault((r.graph, r.precision, r.tensor), []).append(r)
-    out = ParityReport()
-    for (graph, precision, tensor), rows in groups.items():
-        mean = float(np.mean([r.metrics.cosine for r in rows]))
-        low = min(rows, key=lambda r: r.metrics.cosine)
-        floor = rows[0].bound.mean_cosine
-        bad = [] if mean >= floor else [f"mean cosine over {len(rows)} cases {mean:.7f} < {floor:g} "
-                                        f"(lowest: {low.case}, {low.metrics.cosine:.7f})"]
-        out.add(ParityRow(1, graph, precision, f"mean of {len(rows)} cases", tensor, None, rows[0].bound, bad,
-                          {"mean_cosine": round(mean, 7), "lowest_case": low.case}))
-    return out
-
-
 def compare_level2(label: str, precision: Precision, ref: LoopTrace, got: LoopTrace) -> ParityReport:
     """Teacher-forced: per token, cond, velocity probe and token, each within the loop bound."""
     bound, p = loop_bound(precision), Precision(precision).value
     report = ParityReport()
     for k in range(len(ref.cond)):
-        report.add(_row(2, "loop", p, f"{label} token {k}", "cond", ref.cond[k], got.cond[k], bound))
+        report.add(parity_row(2, "loop", p, f"{label} token {k}", "cond", ref.cond[k], got.cond[k], bound))
         if ref.velocity and got.velocity:
-            report.add(_row(2, "loop", p, f"{label} token {k}", "velocity", ref.velocity[k], got.velocity[k], bound))
-        report.add(_row(2, "loop", p, f"{label} token {k}", "token", ref.tokens[:, k], got.tokens[:, k], bound))
+            report.add(parity_row(2, "loop", p, f"{label} token {k}", "velocity", ref.velocity[k], got.velocity[k], bound))
+        report.add(parity_row(2, "loop", p, f"{label} token {k}", "token", ref.tokens[:, k], got.tokens[:, k], bound))
     return report
 
 
@@ -147,5 +108,5 @@ def compare_level3(label: str, precision: Precision, ref: LoopTrace, got: LoopTr
     extra = {"psnr_db": round(value, 3) if np.isfinite(value) else "inf", "max_pixel_error": max_px,
              "first_divergent_token": first}
     row = ParityRow(3, "image", p.value, label, "image", None, Bound(psnr_db=floor), violations, extra)
-    token_row = _row(3, "loop", p.value, label, "tokens", ref.tokens, got.tokens, Bound())
+    token_row = parity_row(3, "loop", p.value, label, "tokens", ref.tokens, got.tokens, Bound())
     return ParityReport([row, token_row])

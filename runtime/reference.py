@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from export.components import COMPONENTS
-from export.profile import DeploymentProfile
-from export.spec import GraphSpec
-from nextstep_ref.checkpoint import ModelBundle
-from nextstep_ref.pipeline import decode_tokens, encode_image, generate_tokens
-from nextstep_ref.prompt import scatter_image_tokens
+from nextstep_trt.export.components import COMPONENTS
+from nextstep_trt.export.profile import DeploymentProfile
+from nextstep_trt.export.spec import GraphSpec
+from nextstep_trt.ref.checkpoint import ModelBundle
+from nextstep_trt.ref.pipeline import decode_tokens, encode_image, generate_tokens
+from nextstep_trt.ref.prompt import scatter_image_tokens
 
 from .cases import loop_cases
 from .parity import LoopCase, LoopTrace, ReplayNoise, run_trace

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from export.components import COMPONENTS
-from export.profile import GRAPHS, DeploymentProfile, graph_specs
-from nextstep_ref.checkpoint import ModelBundle
-from nextstep_ref.sampler import sample_token
-from nextstep_ref.sampling import SamplerConfig
+from nextstep_trt.export.components import COMPONENTS
+from nextstep_trt.export.profile import GRAPHS, DeploymentProfile, graph_specs
+from nextstep_trt.ref.checkpoint import ModelBundle
+from nextstep_trt.ref.sampler import sample_token
+from nextstep_trt.ref.sampling import SamplerConfig
 
 from .backend import Backend, Feeds
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from export.manifest import Manifest, sha256_file
-from export.spec import GraphSpec
-from nextstep_ref.sampling import SamplerConfig
-from nextstep_trt.errors import UserError
-from nextstep_trt.precision import Precision
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.export.manifest import Manifest, sha256_file
+from nextstep_trt.export.spec import GraphSpec
+from nextstep_trt.ref.sampling import SamplerConfig
 
 from .backend import Backend, Feeds
 
@@ -164,7 +164,7 @@ class DeviceKVCache:
 
 def _pick_flavor(artifacts: Path) -> str:
     """The installed flavour that built plans here (tensorrt first), else the first installed one."""
-    from export.trt_check import import_flavor
+    from nextstep_trt.export.trt_check import import_flavor
 
     installed = []
     for flavor in ("tensorrt", "tensorrt-rtx"):
@@ -191,9 +191,10 @@ class TrtBackend(Backend):
 
     def __init__(self, artifacts: str | Path, precision: Precision = Precision.FP32, flavor: str | None = None,
                  cuda_graphs: bool = True):
-        from engines.builder import Target
-        from engines.gpu import probe_gpu
-        from export.trt_check import import_flavor
+        from nextstep_trt.core.gpu import probe_gpu
+        from nextstep_trt.export.trt_check import import_flavor
+
+        from .plans import Target
 
         self.manifest, self.precision = Manifest.load(artifacts), Precision(precision)
         self.artifacts = Path(artifacts)
@@ -217,7 +218,7 @@ class TrtBackend(Backend):
 
     def engine(self, graph: str) -> TrtEngine:
         """The graph's engine: the cached plan for this ONNX graph, TensorRT and GPU, deserialized on first use."""
-        from engines.cache import find_plan
+        from .plans import find_plan
 
         if graph not in self._engines:
             spec = self.spec(graph)

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from nextstep_ref.prompt import scatter_image_tokens
-from nextstep_trt.precision import Precision
-from nextstep_trt.report import CPU_FP16_NOTE, ParityReport
+from nextstep_trt.core.level1 import check_level1
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.core.report import CPU_FP16_NOTE, ParityReport
+from nextstep_trt.ref.prompt import scatter_image_tokens
 
 from .backend import Backend
 from .loop import encode_images
-from .parity import check_level1, compare_level2, compare_level3, run_trace
+from .parity import compare_level2, compare_level3, run_trace
 
 CPU_BACKENDS = ("onnxruntime", "onnx-reference")
 

@@ -18,8 +18,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from nextstep_ref.config import preset
-from runtime.bench.memory import measure_bandwidth
+from nextstep_trt.bench.memory import measure_bandwidth
+from nextstep_trt.ref.config import preset
 
 
 def matmul_graph(path: Path, hidden: int, q: int, kv: int, inter: int, layers: int) -> int:

@@ -41,8 +41,8 @@ measure() {   # measure NAME COMMAND...: run it, keep its output, append wall ti
 flip_bit() {  # flip_bit MODEL KEY: flip one bit inside tensor KEY of its shard (run twice to restore it)
     python -c 'import sys
 from pathlib import Path
-from export.external import checkpoint_tensors
-from nextstep_ref.weights import shard_files
+from nextstep_trt.export.external import checkpoint_tensors
+from nextstep_trt.ref.weights import shard_files
 t = checkpoint_tensors(Path(sys.argv[1]), shard_files(Path(sys.argv[1])))[sys.argv[2]]
 with open(t.file, "r+b") as f:
     f.seek(t.offset + 12345); b = f.read(1); f.seek(t.offset + 12345); f.write(bytes([b[0] ^ 1]))' "$1" "$2"

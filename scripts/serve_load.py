@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.request
 
-from runtime.serve.client import ImageRequest, LoadResult, run_load
+from nextstep_trt.serve.client import ImageRequest, LoadResult, run_load
 
 
 def free_ports(n: int) -> list[int]:

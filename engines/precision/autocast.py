@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from nextstep_trt.errors import UserError
-from nextstep_trt.precision import Precision
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.precision import Precision
 
 FP16_MAX = 65504.0
 # A node whose fp32 range on the calibration inputs exceeds this stays fp32 in the fp16 graph: 16x headroom

@@ -1,10 +1,10 @@
 """Calibration inputs recorded from the PyTorch reference over real prompts and every sampler timestep (torch).
 
-The reference runs the project's one generation loop (``runtime.loop``) through the torch backend; every graph
+The reference runs the project's one generation loop (``nextstep_trt.runtime.loop``) through the torch backend; every graph
 input it produces goes to a ``sink(graph, feeds)`` as it happens: the backbone's prefill and every decode step,
 the fused sampler's (cond, noise, cfg[, cfg_img]) per token, every (x_t, t, cond) the reference sampler feeds
 its head (all N steps of every token), the VAE decoder's latents and the encoder's images. Nothing is stored:
-consumers keep running statistics. The prompts are disjoint from the parity cases (``runtime.cases``).
+consumers keep running statistics. The prompts are disjoint from the parity cases (``nextstep_trt.runtime.cases``).
 """
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from export.profile import DeploymentProfile
-from nextstep_ref.checkpoint import ModelBundle
-from nextstep_ref.options import EDIT_DEFAULTS, GenerationOptions
-from nextstep_ref.sampling import SamplerConfig
-from nextstep_trt.errors import UserError
-from runtime.loop import Request, run_request
-from runtime.torch_backend import TorchBackend
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.export.profile import DeploymentProfile
+from nextstep_trt.ref.checkpoint import ModelBundle
+from nextstep_trt.ref.options import EDIT_DEFAULTS, GenerationOptions
+from nextstep_trt.ref.sampling import SamplerConfig
+from nextstep_trt.runtime.loop import Request, run_request
+from nextstep_trt.runtime.torch_backend import TorchBackend
 
 Feeds = dict[str, np.ndarray]
 Sink = Callable[[str, Feeds], None]

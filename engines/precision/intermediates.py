@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from nextstep_trt.metrics import Metrics, compare
-from nextstep_trt.precision import Precision
+from nextstep_trt.core.metrics import Metrics, compare
+from nextstep_trt.core.precision import Precision
 
 from .ranges import MARKED_BUDGET, Feeds, MarkedRunner, float_tensors
 
@@ -81,7 +81,7 @@ def compare_intermediates(graph: str, fp32: onnx.ModelProto, low: onnx.ModelProt
 def worst_layers(manifest, reference, precision: Precision) -> list[LayerReport]:
     """For each graph made at ``precision``: compare its intermediates with the fp32 graph's on the first level-1
     case of ``reference`` (live or golden)."""
-    from nextstep_trt.errors import UserError
+    from nextstep_trt.core.errors import UserError
 
     precision = Precision(precision)
     if precision is Precision.FP32:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
-from nextstep_trt.precision import Precision
+from nextstep_trt.core.precision import Precision
 
 from .autocast import FP16_MAX
 from .ranges import Feeds, RangeCollector, float_tensors

@@ -16,11 +16,11 @@ from typing import Iterator
 import numpy as np
 import onnx
 
-from nextstep_trt.precision import Precision
+from nextstep_trt.core.precision import Precision
 
 Feeds = dict[str, np.ndarray]
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
-PROTOBUF_LIMIT = 2**31 - 2**20   # as export.exporter (which imports torch): protobuf's 2 GB ceiling
+PROTOBUF_LIMIT = 2**31 - 2**20   # as nextstep_trt.export.exporter (which imports torch): protobuf's 2 GB ceiling
 MARKED_BUDGET = 2 * 2**30        # bytes of marked intermediate tensors one run may hold
 
 
@@ -47,7 +47,7 @@ class Runner:
         self.inputs = [i.name for i in model.graph.input]
         self.outputs = [o.name for o in model.graph.output]
         if Precision(precision) is Precision.BF16:
-            from runtime.onnx_reference_backend import ReferenceSession
+            from nextstep_trt.runtime.onnx_reference_backend import ReferenceSession
 
             self.session = ReferenceSession(model)
         else:

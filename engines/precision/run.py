@@ -8,12 +8,12 @@ from pathlib import Path
 
 import onnx
 
-from export.exporter import dedupe_initializers
-from export.manifest import Manifest
-from nextstep_ref.checkpoint import ModelBundle, load_model
-from nextstep_trt.errors import CheckFailed, UserError
-from nextstep_trt.precision import Precision
-from nextstep_trt.report import ParityReport
+from nextstep_trt.core.errors import CheckFailed, UserError
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.core.report import ParityReport
+from nextstep_trt.export.exporter import dedupe_initializers
+from nextstep_trt.export.manifest import Manifest
+from nextstep_trt.ref.checkpoint import ModelBundle, load_model
 
 from .autocast import FP16_SAFE_MAX, cast_summary, mixed_precision
 from .calibrate import DEFAULT_PROMPTS, read_prompts, record_calibration
@@ -143,7 +143,7 @@ def quantize_all(opts: QuantizeOptions, bundle: ModelBundle | None = None, log=p
 
 
 def _validation_text(summary: dict) -> str:
-    """Level 1 in one phrase, from the manifest's validation summary (export.run._summary)."""
+    """Level 1 in one phrase, from the manifest's validation summary (nextstep_trt.export.run._summary)."""
     means = summary.get("mean_cosine", {})
     text = (f"level 1 over {summary['cases']} cases: worst rel-L2 {summary['worst_rel_l2']:.2e}, "
             f"lowest cos {summary['lowest_cosine']:.6f}")
@@ -153,9 +153,9 @@ def _validation_text(summary: dict) -> str:
 def _install(bundle: ModelBundle, manifest: Manifest, graph: str, model: onnx.ModelProto, recipe: dict,
              opts: QuantizeOptions, seconds: float):
     """Level 1 against the reference, then install and record, through the export's install_graph."""
-    from export.exporter import save
-    from export.run import install_graph
-    from export.validate import validate_graph
+    from nextstep_trt.export.exporter import save
+    from nextstep_trt.export.install import install_graph
+    from nextstep_trt.export.validate import validate_graph
 
     spec = manifest.spec(graph)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 HELP = {"bench": "time every stage on torch / torch.compile / onnxruntime / tensorrt: ratios, roofline, memory, "
                  "parity",
@@ -50,7 +50,7 @@ def _floor_arguments(p) -> None:
 
 
 def _devices(text: str | None) -> dict[str, float]:
-    from runtime.bench.roofline import DATASHEET_GBPS
+    from nextstep_trt.bench.roofline import DATASHEET_GBPS
 
     if not text:
         return dict(DATASHEET_GBPS)
@@ -68,8 +68,8 @@ def _devices(text: str | None) -> dict[str, float]:
 
 
 def run_floor(args) -> int:
-    from nextstep_ref.config import load_config, preset
-    from runtime.bench.floor import FloorOptions, floor_table
+    from nextstep_trt.bench.floor import FloorOptions, floor_table
+    from nextstep_trt.ref.config import load_config, preset
 
     cfg = load_config(args.model) if args.model else preset(args.preset)
     if min(args.height, args.width, args.steps, args.prompt_tokens) < 1:
@@ -92,7 +92,7 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
 
 def options_from_args(args):
     """BenchOptions from parsed flags."""
-    from runtime.bench.run import PROMPT, BenchOptions
+    from nextstep_trt.bench.run import PROMPT, BenchOptions
 
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     if not backends:
@@ -110,10 +110,10 @@ def options_from_args(args):
 def run(args) -> int:
     if args.command == "floor":
         return run_floor(args)
-    from nextstep_trt.fileio import write_json
-    from nextstep_trt.precision import Precision
-    from runtime.bench.run import backend_order
-    from runtime.bench.session import run_bench
+    from nextstep_trt.bench.run import backend_order
+    from nextstep_trt.bench.session import run_bench
+    from nextstep_trt.core.fileio import write_json
+    from nextstep_trt.core.precision import Precision
 
     opts = options_from_args(args)
     Precision.parse(opts.precision)

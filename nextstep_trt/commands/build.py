@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 HELP = {"build": "build TensorRT or TensorRT-RTX engines of one precision into ART/engines (cached by content)"}
 COLUMNS = (("graph", 18, "{}"), ("precision", 9, "{}"), ("flavor", 12, "{}"), ("cc", 5, "{}"),
@@ -43,11 +43,11 @@ def _line(row: dict) -> str:
 
 
 def run(args) -> int:
-    from engines.builder import BuildOptions, check_precision, default_flavor, resolve_target
-    from engines.cache import build_engine
-    from engines.gpu import probe_gpu
-    from export.manifest import Manifest
-    from nextstep_trt.precision import Precision
+    from nextstep_trt.core.gpu import probe_gpu
+    from nextstep_trt.core.precision import Precision
+    from nextstep_trt.engines.builder import BuildOptions, check_precision, default_flavor, resolve_target
+    from nextstep_trt.engines.cache import build_engine
+    from nextstep_trt.export.manifest import Manifest
 
     probe = probe_gpu()
     workspace = None if args.workspace_gib is None else int(args.workspace_gib * 2**30)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
-from pathlib import Path
 
 HELP = {"demo": "tiny model end to end: init, export, validate, build engines, generate (ONNX Runtime + reference), "
                 "parity"}
@@ -29,16 +29,16 @@ def _timed(log: dict, key: str, fn):
 def _build_engines(artifacts: Path, timing: dict) -> list[dict]:
     """TensorRT-RTX engines of every fp32 graph for compute capability 8.9 (ahead of time: no GPU needed)."""
     try:
-        from engines.builder import BuildOptions, resolve_target
-        from engines.cache import build_engine
-        from export.trt_check import import_flavor
+        from nextstep_trt.engines.builder import BuildOptions, resolve_target
+        from nextstep_trt.engines.cache import build_engine
+        from nextstep_trt.export.trt_check import import_flavor
 
         import_flavor("tensorrt-rtx")
     except Exception as err:  # the engine step is optional: the demo still runs the ONNX Runtime path
         print(f"[3/6] TensorRT-RTX engines: skipped ({str(err).splitlines()[0]})")
         return []
     print("[3/6] TensorRT-RTX engines for compute capability 8.9 (built ahead of time, no GPU needed)")
-    from export.manifest import Manifest
+    from nextstep_trt.export.manifest import Manifest
 
     opts = BuildOptions("tensorrt-rtx", "8.9")
     target = resolve_target(opts)
@@ -51,19 +51,19 @@ def _build_engines(artifacts: Path, timing: dict) -> list[dict]:
 
 
 def run(args) -> int:
-    from export.profile import DeploymentProfile
-    from export.run import ExportOptions, export_all
-    from nextstep_ref.checkpoint import init_random, load_model, save_model_folder
-    from nextstep_ref.config import tiny
-    from nextstep_ref.options import GenerationOptions
-    from nextstep_ref.pipeline import generate_image
-    from nextstep_ref.sampling import SamplerConfig
     from nextstep_trt.commands.export import parse_resolutions
-    from nextstep_trt.fileio import write_json
-    from runtime.loop import Request, run_request
-    from runtime.ort_backend import OrtBackend
-    from runtime.reference import LiveReference
-    from runtime.verify import verify_backend
+    from nextstep_trt.core.fileio import write_json
+    from nextstep_trt.export.profile import DeploymentProfile
+    from nextstep_trt.export.run import ExportOptions, export_all
+    from nextstep_trt.ref.checkpoint import init_random, load_model, save_model_folder
+    from nextstep_trt.ref.config import tiny
+    from nextstep_trt.ref.options import GenerationOptions
+    from nextstep_trt.ref.pipeline import generate_image
+    from nextstep_trt.ref.sampling import SamplerConfig
+    from nextstep_trt.runtime.loop import Request, run_request
+    from nextstep_trt.runtime.ort_backend import OrtBackend
+    from nextstep_trt.runtime.reference import LiveReference
+    from nextstep_trt.runtime.verify import verify_backend
 
     out = Path(args.out)
     timing: dict[str, float] = {}
@@ -91,7 +91,7 @@ def run(args) -> int:
 
     Image.fromarray(ort_pixels[0]).save(out / "onnxruntime.png")
     ref_images[0].save(out / "torch.png")
-    from nextstep_trt.metrics import psnr
+    from nextstep_trt.core.metrics import psnr
 
     demo_psnr = psnr(np.asarray(ref_images[0]), ort_pixels[0])
     timing_note = f"demo image 64x64: ONNX Runtime vs PyTorch reference PSNR {demo_psnr:.1f} dB"

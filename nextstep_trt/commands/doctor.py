@@ -14,11 +14,11 @@ def add_arguments(name: str, p) -> None:
 
 
 def run(args) -> int:
-    from engines.doctor import doctor_report, format_report, report_dict
+    from nextstep_trt.engines.doctor import doctor_report, format_report, report_dict
 
     sections = doctor_report(args.artifacts, args.graphs)
     if args.model:
-        from engines.estimate import model_sections
+        from nextstep_trt.engines.estimate import model_sections
 
         sections += model_sections(args.model)
     print(json.dumps(report_dict(sections), indent=2) if args.json else format_report(sections))

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 HELP = {"export": "export the model's graphs to ONNX (fp32), validate them, write manifest.json"}
 
 
 def add_profile_arguments(p) -> None:
     """Flags that size a DeploymentProfile."""
-    from export.profile import DeploymentProfile
+    from nextstep_trt.export.profile import DeploymentProfile
 
     d = DeploymentProfile()
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="images per call")
@@ -38,8 +38,8 @@ def parse_resolutions(text: str) -> tuple[tuple[int, int], ...]:
 
 
 def profile_from_args(args):
-    from export.profile import DeploymentProfile
-    from nextstep_ref.sampling import SamplerConfig, SamplerVariant
+    from nextstep_trt.export.profile import DeploymentProfile
+    from nextstep_trt.ref.sampling import SamplerConfig, SamplerVariant
 
     variant = SamplerVariant(args.sampler)
     return DeploymentProfile(
@@ -67,9 +67,9 @@ def add_arguments(name: str, p) -> None:
 
 
 def run(args) -> int:
-    from export.profile import GRAPHS
-    from export.run import ExportOptions, export_all
-    from nextstep_trt.precision import Precision
+    from nextstep_trt.core.precision import Precision
+    from nextstep_trt.export.profile import GRAPHS
+    from nextstep_trt.export.run import ExportOptions, export_all
 
     graphs = tuple(g.strip() for g in args.graphs.split(",")) if args.graphs else GRAPHS
     opts = ExportOptions(Path(args.model), Path(args.out), graphs, profile_from_args(args), args.validate,
@@ -82,7 +82,7 @@ def run(args) -> int:
 
 def _show(args, report, title: str | None = None) -> int:
     """Print the worst validation case per graph and write ``--report``."""
-    from nextstep_trt.fileio import write_json
+    from nextstep_trt.core.fileio import write_json
 
     if report.rows:
         if title:
@@ -95,9 +95,9 @@ def _show(args, report, title: str | None = None) -> int:
 
 def _low_memory(args, opts) -> int:
     """--low-memory export, or --check-only integrity checks of exported graphs (export/lowmem.py)."""
-    from export.lowmem import check_artifacts, export_low_memory
-    from nextstep_trt.errors import CheckFailed
-    from nextstep_trt.fileio import write_json
+    from nextstep_trt.core.errors import CheckFailed
+    from nextstep_trt.core.fileio import write_json
+    from nextstep_trt.export.lowmem import check_artifacts, export_low_memory
 
     if args.check_only:
         reports = check_artifacts(opts, args.layer)

@@ -5,7 +5,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 HELP = {"generate": "text to image", "edit": "edit an image with an instruction"}
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -13,7 +13,7 @@ BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 def add_generation_arguments(p, edit: bool) -> None:
     """Flags that map onto GenerationOptions (shared by generate, edit, verify, bench)."""
-    from nextstep_ref.options import EDIT_DEFAULTS, GenerationOptions
+    from nextstep_trt.ref.options import EDIT_DEFAULTS, GenerationOptions
 
     d = GenerationOptions(**(EDIT_DEFAULTS if edit else {}))
     p.add_argument("--height", type=int, default=d.height)
@@ -35,8 +35,8 @@ def add_generation_arguments(p, edit: bool) -> None:
 
 def options_from_args(args):
     """GenerationOptions from parsed flags."""
-    from nextstep_ref.options import GenerationOptions
-    from nextstep_ref.sampling import CfgSchedule, SamplerVariant
+    from nextstep_trt.ref.options import GenerationOptions
+    from nextstep_trt.ref.sampling import CfgSchedule, SamplerVariant
 
     fields = {f.name for f in dataclasses.fields(GenerationOptions)}
     values = {k: v for k, v in vars(args).items() if k in fields}
@@ -67,7 +67,7 @@ def output_paths(out: str, n: int) -> list[Path]:
 
 def save_images(images, out: str, settings: dict) -> list[Path]:
     """Write every PNG atomically, and the resolved settings as JSON next to the first."""
-    from nextstep_trt.fileio import atomic_path, write_json
+    from nextstep_trt.core.fileio import atomic_path, write_json
 
     paths = output_paths(out, len(images))
     for img, path in zip(images, paths):
@@ -83,7 +83,7 @@ def _settings(args, opts) -> dict:
 
 
 def run(args) -> int:
-    from nextstep_ref.latents import load_image
+    from nextstep_trt.ref.latents import load_image
 
     opts = options_from_args(args)
     output_paths(args.out, 1)  # fail on a bad --out before any work
@@ -91,7 +91,7 @@ def run(args) -> int:
     if args.backend == "torch":
         images = _run_reference(args, opts, image)
     else:
-        from runtime.api import run_generation
+        from nextstep_trt.runtime.api import run_generation
 
         images = run_generation(args, opts, image)
     for path in save_images(images, args.out, _settings(args, opts)):
@@ -100,8 +100,8 @@ def run(args) -> int:
 
 
 def _run_reference(args, opts, image):
-    from nextstep_ref.checkpoint import load_model
-    from nextstep_ref.pipeline import edit_image, generate_image
+    from nextstep_trt.ref.checkpoint import load_model
+    from nextstep_trt.ref.pipeline import edit_image, generate_image
 
     bundle = load_model(args.model)
     fields = dataclasses.asdict(opts)

@@ -17,16 +17,16 @@ def add_arguments(name: str, p) -> None:
 
 
 def run(args) -> int:
-    from nextstep_ref.config import preset
+    from nextstep_trt.ref.config import preset
 
     cfg = preset(args.preset)
     if args.command == "init-model":
-        from nextstep_ref.streaming import init_model_folder
+        from nextstep_trt.ref.streaming import init_model_folder
 
         init_model_folder(args.out_dir, cfg, args.dtype, args.seed, max_shard_bytes=int(args.shard_gb * 1e9))
         print(f"wrote a random-weight {args.preset} model ({args.dtype}, seed {args.seed}) to {args.out_dir}")
         return 0
-    from nextstep_ref.checkpoint import init_random, save_model_folder
+    from nextstep_trt.ref.checkpoint import init_random, save_model_folder
 
     model, vae = init_random(cfg, args.seed)
     shard = 2**17 if args.preset == "tiny" else 2**28  # several shards even for tiny, like the real checkpoint

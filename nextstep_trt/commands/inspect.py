@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nextstep_trt.errors import CheckFailed, UserError
+from nextstep_trt.core.errors import CheckFailed, UserError
 
 HELP = {"inspect": "show an ONNX graph's I/O, ops and parameters, lint it, optionally parse it with TensorRT"}
 
@@ -24,7 +24,7 @@ def _read_manifest(path: str, graph: str | None, onnx_file: str) -> tuple[object
 
     When ``onnx_file`` is one of the graph's precision files, the spec takes that file's I/O dtypes.
     """
-    from export.spec import GraphSpec
+    from nextstep_trt.export.spec import GraphSpec
 
     try:
         manifest = json.loads(Path(path).read_text())
@@ -58,7 +58,7 @@ def _io_dtypes(root: Path, entry: dict, onnx_file: Path) -> dict:
 
 
 def run(args) -> int:
-    from export.inspect import format_text, inspect_dict
+    from nextstep_trt.export.inspect import format_text, inspect_dict
 
     if args.graph and not args.manifest:
         raise UserError("--graph needs --manifest")
@@ -74,7 +74,7 @@ def run(args) -> int:
 
 
 def _parse(args):
-    from export.trt_check import trt_parse
+    from nextstep_trt.export.trt_check import trt_parse
 
     return trt_parse(args.file, args.flavor)
 

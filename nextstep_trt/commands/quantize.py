@@ -21,11 +21,11 @@ def add_arguments(name: str, p) -> None:
 
 
 def run(args) -> int:
-    from engines.precision.run import QuantizeOptions, overflow_reports, quantize_all
-    from nextstep_trt.errors import UserError
-    from nextstep_trt.fileio import write_json
-    from nextstep_trt.precision import Precision
-    from nextstep_trt.report import CPU_FP16_NOTE
+    from nextstep_trt.core.errors import UserError
+    from nextstep_trt.core.fileio import write_json
+    from nextstep_trt.core.precision import Precision
+    from nextstep_trt.core.report import CPU_FP16_NOTE
+    from nextstep_trt.engines.precision.run import QuantizeOptions, overflow_reports, quantize_all
 
     precision = Precision.parse(args.precision)
     if args.overflow_report and precision is not Precision.FP16:

@@ -5,7 +5,7 @@ import signal
 import sys
 from pathlib import Path
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 HELP = {"serve": "serve nextstep_t2i (and nextstep_edit) with Triton (PyTriton's server) on 127.0.0.1",
         "client": "ask a running server for one image (tritonclient, http:// or grpc://) and write a PNG",
@@ -54,7 +54,7 @@ def add_arguments(name: str, p) -> None:
 
 
 def _repo_options(args, out: Path, link: str):
-    from runtime.serve.repo import RepoOptions
+    from nextstep_trt.serve.repo import RepoOptions
 
     return RepoOptions(Path(args.artifacts), Path(args.model), out, args.backend, args.precision, args.max_batch,
                        args.max_queue_delay_ms, args.instances, args.threads, link, edit=args.edit)
@@ -63,12 +63,12 @@ def _repo_options(args, out: Path, link: str):
 def _check_backend(name: str) -> None:
     import importlib.util
 
-    if name == "tensorrt" and importlib.util.find_spec("runtime.trt_backend") is None:
+    if name == "tensorrt" and importlib.util.find_spec("nextstep_trt.runtime.trt_backend") is None:
         raise UserError("the tensorrt backend is not part of this installation; use --backend onnxruntime")
 
 
 def _triton_repo(args) -> int:
-    from runtime.serve.repo import write_repo
+    from nextstep_trt.serve.repo import write_repo
 
     _check_backend(args.backend)
     models = write_repo(_repo_options(args, Path(args.out), args.link))
@@ -82,8 +82,8 @@ def _triton_repo(args) -> int:
 def _serve(args) -> int:
     import tempfile
 
-    from runtime.serve.repo import check_options, write_models
-    from runtime.serve.server import ServerOptions, TritonProcess, prepare_backends
+    from nextstep_trt.serve.repo import check_options, write_models
+    from nextstep_trt.serve.server import ServerOptions, TritonProcess, prepare_backends
 
     _check_backend(args.backend)
     server_opts = ServerOptions(args.host, args.http_port, args.grpc_port, args.metrics_port,
@@ -142,9 +142,9 @@ def _client(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from nextstep_ref.latents import load_image
-    from nextstep_trt.fileio import atomic_path
-    from runtime.serve.client import Client, ImageRequest
+    from nextstep_trt.core.fileio import atomic_path
+    from nextstep_trt.ref.latents import load_image
+    from nextstep_trt.serve.client import Client, ImageRequest
 
     if Path(args.out).suffix.lower() != ".png":
         raise UserError(f"--out must name a .png file, got {args.out}")

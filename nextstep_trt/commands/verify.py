@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 HELP = {"verify": "check a backend's graphs and loop against the reference (levels 1-3)",
         "record": "save the reference's graph and loop inputs/outputs to a golden folder"}
@@ -44,9 +44,9 @@ def _levels(text: str) -> tuple[int, ...]:
 
 
 def _run_verify(args) -> int:
-    from nextstep_trt.fileio import write_json
-    from runtime.api import open_backend
-    from runtime.verify import verify_backend
+    from nextstep_trt.core.fileio import write_json
+    from nextstep_trt.runtime.api import open_backend
+    from nextstep_trt.runtime.verify import verify_backend
 
     levels = _levels(args.levels)
     if args.mark_intermediates and args.precision == "fp32":
@@ -54,19 +54,19 @@ def _run_verify(args) -> int:
                         "fp16, bf16 or fp8")
     with open_backend(args.backend, args.model, args.artifacts, args.precision, args.device) as backend:
         if args.golden:
-            from runtime.golden import GoldenReference
+            from nextstep_trt.runtime.golden import GoldenReference
 
             reference = GoldenReference(args.golden)
             reference.check_model(backend.manifest.fingerprint)
         else:
-            from nextstep_ref.checkpoint import load_model
-            from runtime.reference import LiveReference
+            from nextstep_trt.ref.checkpoint import load_model
+            from nextstep_trt.runtime.reference import LiveReference
 
             reference = LiveReference(load_model(args.model), backend.manifest.profile)
         report = verify_backend(backend, reference, args.precision, levels)
         layers = []
         if args.mark_intermediates:
-            from engines.precision.intermediates import worst_layers
+            from nextstep_trt.engines.precision.intermediates import worst_layers
 
             layers = worst_layers(backend.manifest, reference, args.precision)
     print(report.worst_per_graph().table())
@@ -80,12 +80,12 @@ def _run_verify(args) -> int:
 
 
 def _run_record(args) -> int:
-    from export.manifest import Manifest
-    from export.profile import graph_specs
-    from nextstep_ref.checkpoint import load_model
     from nextstep_trt.commands.export import profile_from_args
-    from runtime.golden import record
-    from runtime.reference import LiveReference
+    from nextstep_trt.export.manifest import Manifest
+    from nextstep_trt.export.profile import graph_specs
+    from nextstep_trt.ref.checkpoint import load_model
+    from nextstep_trt.runtime.golden import record
+    from nextstep_trt.runtime.reference import LiveReference
 
     bundle = load_model(args.model)
     if args.artifacts:

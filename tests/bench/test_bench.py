@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from runtime.bench.run import BenchOptions
-from runtime.bench.session import run_bench
+from nextstep_trt.bench.run import BenchOptions
+from nextstep_trt.bench.session import run_bench
 
 STAGES = ("prefill_ms", "decode_first_ms", "decode_mid_ms", "decode_last_ms", "sampler_ms", "vae_ms")
 
@@ -68,7 +68,7 @@ def test_bandwidth_is_plausible(report):
 
 
 def test_wrong_backend_shows_in_parity(tiny_dir, tiny_artifacts, monkeypatch):
-    from runtime.ort_backend import OrtBackend
+    from nextstep_trt.runtime.ort_backend import OrtBackend
 
     right = OrtBackend.sample
 

@@ -6,9 +6,9 @@ import math
 import pytest
 from safetensors import safe_open
 
-from nextstep_ref.config import load_config
+from nextstep_trt.bench.roofline import decode_step_bytes, floor_estimate, sampler_token_bytes
 from nextstep_trt.cli import main
-from runtime.bench.roofline import decode_step_bytes, floor_estimate, sampler_token_bytes
+from nextstep_trt.ref.config import load_config
 
 
 def _numels(model_dir) -> dict[str, int]:

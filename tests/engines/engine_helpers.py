@@ -20,7 +20,7 @@ def copy_artifacts(src: Path, dst: Path) -> Path:
 
 def rtx(cc: str = "8.9", **options):
     """(BuildOptions, Target) for TensorRT-RTX ahead of time for compute capability ``cc``."""
-    from engines.builder import BuildOptions, resolve_target
+    from nextstep_trt.engines.builder import BuildOptions, resolve_target
 
     opts = BuildOptions("tensorrt-rtx", cc, **options)
     return opts, resolve_target(opts)
@@ -28,7 +28,7 @@ def rtx(cc: str = "8.9", **options):
 
 def build(art: Path, graph: str, precision: str = "fp32", force: bool = False, cc: str = "8.9", **options):
     """build_engine with TensorRT-RTX for ``cc``."""
-    from engines.cache import build_engine
+    from nextstep_trt.engines.cache import build_engine
 
     opts, target = rtx(cc, **options)
     return build_engine(art, graph, precision, opts, target, force)

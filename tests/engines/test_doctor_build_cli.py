@@ -22,7 +22,7 @@ def test_doctor_prints_every_section(capsys, tiny_artifacts):
 
 
 def test_doctor_says_plainly_what_works_here(capsys):
-    from engines.gpu import probe_gpu
+    from nextstep_trt.core.gpu import probe_gpu
 
     assert main(["doctor", "--json"]) == 0
     sections = {s["title"]: {r["label"]: r["value"] for r in s["rows"]} for s in json.loads(capsys.readouterr().out)}
@@ -41,7 +41,7 @@ def test_doctor_says_plainly_what_works_here(capsys):
 
 def test_doctor_sections_can_be_extended():
     """Another module appends a section (e.g. model estimates); the report prints it like the others."""
-    from engines.doctor import Section, doctor_report, format_report
+    from nextstep_trt.engines.doctor import Section, doctor_report, format_report
 
     sections = doctor_report() + [Section("model estimates").add("weights", "1.0 GiB")]
     assert format_report(sections).splitlines()[-2:] == ["model estimates:", "  " + "weights".ljust(
@@ -78,7 +78,7 @@ def test_build_bad_input_is_one_line_and_exit_2(capsys, art, monkeypatch):
 
 
 def test_build_errors_keep_the_previous_engine(capsys, art, monkeypatch):
-    import engines.cache as cache
+    import nextstep_trt.engines.cache as cache
 
     rec = build(art, "head_step")
     before, plan = listing(rec.folder.parent), (rec.folder / "engine.plan").read_bytes()

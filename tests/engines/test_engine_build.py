@@ -5,7 +5,7 @@ import time
 import pytest
 from engine_helpers import build, copy_artifacts, needs_rtx
 
-from export.manifest import Manifest, sha256_file
+from nextstep_trt.export.manifest import Manifest, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +100,9 @@ def test_build_cli_reports_cache_hits(built, capsys):
 
 def test_the_builder_checks_network_io_against_the_spec(built):
     """A spec that disagrees with the graph (here: a retyped input) is refused before building."""
-    from engines.builder import check_network_io
-    from export.trt_check import trt_parse
-    from nextstep_trt.errors import UserError
+    from nextstep_trt.core.errors import UserError
+    from nextstep_trt.engines.builder import check_network_io
+    from nextstep_trt.export.trt_check import trt_parse
 
     art, _ = built
     manifest = Manifest.load(art)

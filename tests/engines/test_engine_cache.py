@@ -9,9 +9,10 @@ import pytest
 from engine_helpers import build, copy_artifacts, listing, needs_rtx, rtx
 from onnx import numpy_helper
 
-from engines.cache import cache_key, check_plan, find_plan, key_inputs
-from export.manifest import Manifest, sha256_file
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.engines.cache import cache_key, key_inputs
+from nextstep_trt.export.manifest import Manifest, sha256_file
+from nextstep_trt.runtime.plans import check_plan, find_plan
 
 
 @pytest.fixture
@@ -146,7 +147,7 @@ def test_an_unparseable_graph_leaves_the_previous_plan(art):
 
 
 def test_a_builder_exception_or_full_disk_leaves_the_previous_plan(art, monkeypatch):
-    import engines.cache as cache
+    import nextstep_trt.engines.cache as cache
 
     rec = build(art, "head_step")
     before = listing(rec.folder.parent)

@@ -5,19 +5,19 @@ import numpy as np
 import onnx
 import pytest
 
-from export.manifest import Manifest
-from nextstep_trt.metrics import Bound, Metrics
-from nextstep_trt.precision import Precision
-from nextstep_trt.report import ParityReport, ParityRow
+from nextstep_trt.core.metrics import Bound, Metrics
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.core.report import ParityReport, ParityRow
+from nextstep_trt.export.manifest import Manifest
 
 SAMPLERS = ("head_sampler_edit",)      # head_sampler is the same graph minus a CFG row; 50 steps cost ~1 min
 
 
 @pytest.fixture(scope="module")
 def long_art(tiny_dir, tiny_bundle, tmp_path_factory):
-    from export.profile import DeploymentProfile
-    from export.run import ExportOptions, export_all
-    from nextstep_ref.sampling import SamplerConfig
+    from nextstep_trt.export.profile import DeploymentProfile
+    from nextstep_trt.export.run import ExportOptions, export_all
+    from nextstep_trt.ref.sampling import SamplerConfig
 
     profile = DeploymentProfile(max_batch=4, max_text_tokens=16, resolutions=((32, 32),),
                                 t2i_sampler=SamplerConfig(steps=50, shift=1.0, use_norm=True),
@@ -28,7 +28,7 @@ def long_art(tiny_dir, tiny_bundle, tmp_path_factory):
 
 
 def _quantize(tiny_dir, tiny_bundle, art, precision):
-    from engines.precision.run import QuantizeOptions, quantize_all
+    from nextstep_trt.engines.precision.run import QuantizeOptions, quantize_all
 
     return quantize_all(QuantizeOptions(tiny_dir, art, precision), tiny_bundle, log=lambda *_: None)
 
@@ -45,7 +45,7 @@ def test_50_step_samplers_pass_their_own_validation(long_art, tiny_dir, tiny_bun
 def test_the_integrator_stays_fp32(long_art, tiny_dir, tiny_bundle):
     """Every node between the head's last linear layer and the token output computes in fp32 in the bf16
     graph, and the recipe says so."""
-    from engines.precision import keep
+    from nextstep_trt.engines.precision import keep
 
     if "bf16" not in Manifest.load(long_art).data["graphs"]["head_sampler_edit"]["precisions"]:
         _quantize(tiny_dir, tiny_bundle, long_art, Precision.BF16)
@@ -66,7 +66,7 @@ def _row(case, cos, bound):
 
 
 def test_level1_means_hold_the_mean_and_name_the_lowest_case():
-    from runtime.parity import level1_means
+    from nextstep_trt.core.level1 import level1_means
 
     bound = Bound(cosine=0.97, mean_cosine=0.999)
     ok = level1_means(ParityReport([_row("a", 0.9995, bound), _row("b", 0.9993, bound)]))
@@ -78,7 +78,7 @@ def test_level1_means_hold_the_mean_and_name_the_lowest_case():
 
 
 def test_small_outputs_are_drawn_again_large_ones_not(tiny_bundle, tiny_artifacts):
-    from export.components import COMPONENTS, DRAW_ELEMENTS, MAX_DRAWS
+    from nextstep_trt.export.components import COMPONENTS, DRAW_ELEMENTS, MAX_DRAWS
 
     manifest = Manifest.load(tiny_artifacts[0])
     for graph in ("head_sampler", "vae_decoder"):

@@ -5,9 +5,16 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from engines.precision.intermediates import compare_intermediates
-from engines.precision.ranges import MarkedRunner, RangeCollector, Runner, float_tensors, tensor_bytes, with_outputs
-from nextstep_trt.precision import Precision
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.engines.precision.intermediates import compare_intermediates
+from nextstep_trt.engines.precision.ranges import (
+    MarkedRunner,
+    RangeCollector,
+    Runner,
+    float_tensors,
+    tensor_bytes,
+    with_outputs,
+)
 
 
 def _vae(tiny_artifacts):

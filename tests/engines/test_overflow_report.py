@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from nextstep_trt.precision import Precision
+from nextstep_trt.core.precision import Precision
 
 # Two consecutive layers of the head's first res block: scaling both by 1000 keeps every weight well inside fp16
 # (|w| < 1e3) while their product drives the second layer's output past 65504.
@@ -41,10 +41,10 @@ def hot(tiny_artifacts, tmp_path_factory):
 def test_report_names_the_overflowing_node_and_our_fp16_graph_keeps_it_fp32(hot):
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
-    from engines.precision.autocast import FP16_SAFE_MAX, mixed_precision
-    from engines.precision.keep import keep_fp32
-    from engines.precision.overflow import OverflowProbe
-    from engines.precision.ranges import RangeCollector
+    from nextstep_trt.engines.precision.autocast import FP16_SAFE_MAX, mixed_precision
+    from nextstep_trt.engines.precision.keep import keep_fp32
+    from nextstep_trt.engines.precision.overflow import OverflowProbe
+    from nextstep_trt.engines.precision.ranges import RangeCollector
 
     path, fp32 = hot
     ranges = RangeCollector(fp32)
@@ -72,7 +72,7 @@ def test_report_names_the_overflowing_node_and_our_fp16_graph_keeps_it_fp32(hot)
 
 def test_mark_intermediates_finds_a_planted_error(tiny_artifacts, tmp_path):
     """Double the final layer's weight: every tensor before it matches exactly, so it must be the worst layer."""
-    from engines.precision.intermediates import compare_intermediates
+    from nextstep_trt.engines.precision.intermediates import compare_intermediates
 
     art, _ = tiny_artifacts
     fp32 = onnx.load(art / "fp32" / "head_step.onnx")

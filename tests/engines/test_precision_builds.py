@@ -7,8 +7,8 @@ from engine_helpers import needs_rtx, rtx
 from onnx import TensorProto as TP
 from onnx import checker, helper, numpy_helper, save
 
-from export.spec import Dim, GraphSpec, Profile, TensorSpec
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.export.spec import Dim, GraphSpec, Profile, TensorSpec
 
 RNG = np.random.default_rng(0)
 W, B = RNG.standard_normal((8, 4)).astype(np.float32), RNG.standard_normal(4).astype(np.float32)
@@ -69,7 +69,7 @@ def spec(dtype: str) -> GraphSpec:
                                                ("fp8", fp8_graph, "float32")])
 def test_precision_graph_builds_for_cc_89(tmp_path, precision, make, io):
     needs_rtx()
-    from engines.builder import build_plan
+    from nextstep_trt.engines.builder import build_plan
 
     opts, target = rtx("8.9")
     built = build_plan(make(tmp_path / f"{precision}.onnx"), spec(io), precision, opts, target)
@@ -80,7 +80,7 @@ def test_precision_graph_builds_for_cc_89(tmp_path, precision, make, io):
 
 def test_fp8_below_89_is_refused_up_front(tmp_path, monkeypatch):
     needs_rtx()
-    import engines.builder as builder
+    import nextstep_trt.engines.builder as builder
 
     path = fp8_graph(tmp_path / "fp8.onnx")
     opts, target = rtx("8.6")
@@ -93,7 +93,7 @@ def test_the_fp8_graph_really_carries_fp8(tmp_path, monkeypatch):
     """Without the up-front refusal, TensorRT-RTX itself fails for sm86 on the fp8 datatype: the graph is not
     silently built in a wider type."""
     needs_rtx()
-    import engines.builder as builder
+    import nextstep_trt.engines.builder as builder
 
     monkeypatch.setattr(builder, "check_precision", lambda *a: None)
     opts, target = rtx("8.6")

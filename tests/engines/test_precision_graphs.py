@@ -8,10 +8,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.manifest import Manifest
 from nextstep_trt.cli import main
-from nextstep_trt.precision import Precision
-from nextstep_trt.report import CPU_FP16_NOTE
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.core.report import CPU_FP16_NOTE
+from nextstep_trt.export.manifest import Manifest
 
 ALL = {"backbone", "head_step", "head_sampler", "head_sampler_edit", "vae_decoder", "vae_encoder"}
 # The issue's fp8 recipe, written out by hand: these parameters' linear layers carry Q/DQ, all others stay fp32.
@@ -55,7 +55,7 @@ class CachedReference:
 @pytest.fixture(scope="module")
 def art(tiny_artifacts, tiny_dir, tiny_bundle, tmp_path_factory):
     """The session's fp32 artifacts (copied) plus every fp16, bf16 and fp8 graph; level 1 is checked below."""
-    from engines.precision.run import QuantizeOptions, quantize_all
+    from nextstep_trt.engines.precision.run import QuantizeOptions, quantize_all
 
     out = tmp_path_factory.mktemp("precision") / "art"
     shutil.copytree(tiny_artifacts[0], out)
@@ -66,7 +66,7 @@ def art(tiny_artifacts, tiny_dir, tiny_bundle, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(art, tiny_bundle):
-    from runtime.reference import LiveReference
+    from nextstep_trt.runtime.reference import LiveReference
 
     return CachedReference(LiveReference(tiny_bundle, Manifest.load(art).profile))
 
@@ -74,8 +74,8 @@ def reference(art, tiny_bundle):
 @pytest.fixture(scope="module")
 def parity(art, reference):
     """precision -> (backend name, report) of verify's three levels."""
-    from runtime.api import open_backend
-    from runtime.verify import verify_backend
+    from nextstep_trt.runtime.api import open_backend
+    from nextstep_trt.runtime.verify import verify_backend
 
     out = {}
     for p in ("fp16", "bf16", "fp8"):
@@ -217,7 +217,7 @@ def test_mark_intermediates_names_a_worst_layer_per_fp8_graph(art, tiny_dir, cap
 
 
 def test_tiny_model_has_no_fp16_overflow(art, tiny_dir, tiny_bundle):
-    from engines.precision.run import QuantizeOptions, overflow_reports
+    from nextstep_trt.engines.precision.run import QuantizeOptions, overflow_reports
 
     reports = overflow_reports(QuantizeOptions(tiny_dir, art, Precision.FP16, graphs=("head_step", "backbone")),
                                tiny_bundle)
@@ -232,8 +232,8 @@ def test_every_graph_builds_with_tensorrt_rtx_for_8_9(art, precision):
     """The real precision graphs of the tiny model (not hand-made ones): every graph at every precision parses
     and builds an engine for compute capability 8.9, and the engine's I/O matches the graph's spec."""
     pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
-    from engines.builder import BuildOptions, resolve_target
-    from engines.cache import build_engine
+    from nextstep_trt.engines.builder import BuildOptions, resolve_target
+    from nextstep_trt.engines.cache import build_engine
 
     opts = BuildOptions("tensorrt-rtx", "8.9")
     target = resolve_target(opts)

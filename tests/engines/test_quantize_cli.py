@@ -6,10 +6,10 @@ import json
 import onnx
 import pytest
 
-from export.manifest import Manifest
 from nextstep_trt.cli import main
-from nextstep_trt.metrics import Bound
-from nextstep_trt.precision import Precision
+from nextstep_trt.core.metrics import Bound
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.export.manifest import Manifest
 
 
 def _run(capsys, *argv):
@@ -47,7 +47,7 @@ def test_fp8_head_step_is_recorded_and_a_failing_graph_never_replaces_it(capsys,
     assert all(q["amax"] > 0 for q in recipe["quantized"])
     good, manifest_before = _sha(art / "fp8" / "head_step.onnx"), (art / "manifest.json").read_text()
 
-    from nextstep_trt import tolerances
+    from nextstep_trt.core import tolerances
 
     monkeypatch.setitem(tolerances.GRAPH_BOUNDS, ("head_step", Precision.FP8), Bound(rel_l2=1e-9))
     code, out, err = _run(capsys, "quantize", "--model", tiny_dir, "--artifacts", art, "--precision", "fp8",

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from engine_helpers import copy_artifacts
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 
 def _gpu():
-    from engines.gpu import probe_gpu
+    from nextstep_trt.core.gpu import probe_gpu
 
     return probe_gpu().gpu
 
@@ -17,14 +17,14 @@ def test_without_a_gpu_the_backend_says_so(tiny_artifacts):
     pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed")
     if _gpu() is not None:
         pytest.skip("this machine has a GPU")
-    from runtime.api import open_backend
+    from nextstep_trt.runtime.api import open_backend
 
     with pytest.raises(UserError, match=r"^no CUDA GPU: the tensorrt backend runs engines on a GPU"):
         open_backend("tensorrt", artifacts=tiny_artifacts[0])
 
 
 def test_a_missing_flavour_names_the_pip_package(tiny_artifacts):
-    from runtime.trt_backend import TrtBackend
+    from nextstep_trt.runtime.trt_backend import TrtBackend
 
     try:
         import tensorrt  # noqa: F401
@@ -42,9 +42,9 @@ def gpu_engines(tiny_artifacts, tmp_path_factory):
     pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed")
     if _gpu() is None:
         pytest.skip("no CUDA GPU")
-    from engines.builder import BuildOptions, resolve_target
-    from engines.cache import build_engine
-    from export.manifest import Manifest
+    from nextstep_trt.engines.builder import BuildOptions, resolve_target
+    from nextstep_trt.engines.cache import build_engine
+    from nextstep_trt.export.manifest import Manifest
 
     art = copy_artifacts(tiny_artifacts[0], tmp_path_factory.mktemp("gpu") / "art")
     opts = BuildOptions("tensorrt")
@@ -57,9 +57,9 @@ def gpu_engines(tiny_artifacts, tmp_path_factory):
 
 @pytest.mark.gpu
 def test_tensorrt_parity_at_the_onnx_runtime_bounds(gpu_engines, tiny_bundle, tiny_profile):
-    from runtime.reference import LiveReference
-    from runtime.trt_backend import TrtBackend
-    from runtime.verify import verify_backend
+    from nextstep_trt.runtime.reference import LiveReference
+    from nextstep_trt.runtime.trt_backend import TrtBackend
+    from nextstep_trt.runtime.verify import verify_backend
 
     with TrtBackend(gpu_engines, "fp32", flavor="tensorrt") as backend:
         report = verify_backend(backend, LiveReference(tiny_bundle, tiny_profile), "fp32", log=lambda *_: None)
@@ -69,9 +69,9 @@ def test_tensorrt_parity_at_the_onnx_runtime_bounds(gpu_engines, tiny_bundle, ti
 
 @pytest.mark.gpu
 def test_cuda_graph_replay_equals_eager(gpu_engines, tiny_bundle, tiny_profile):
-    from runtime.cases import loop_cases
-    from runtime.parity import run_trace
-    from runtime.trt_backend import TrtBackend
+    from nextstep_trt.runtime.cases import loop_cases
+    from nextstep_trt.runtime.parity import run_trace
+    from nextstep_trt.runtime.trt_backend import TrtBackend
 
     case = loop_cases(tiny_bundle.tokenizer, tiny_bundle.config, tiny_profile)[0]
     traces = []
@@ -99,10 +99,10 @@ class _FakeMemory:
 
 
 def test_device_kv_cache_layout_matches_the_host_cache(tiny_artifacts, monkeypatch):
-    import runtime.cuda_device as cuda_device
-    from export.manifest import Manifest
-    from runtime.backend import HostKVCache
-    from runtime.trt_backend import DeviceKVCache
+    import nextstep_trt.runtime.cuda_device as cuda_device
+    from nextstep_trt.export.manifest import Manifest
+    from nextstep_trt.runtime.backend import HostKVCache
+    from nextstep_trt.runtime.trt_backend import DeviceKVCache
 
     mem = _FakeMemory()
 

@@ -51,9 +51,9 @@ def test_failed_validation_keeps_the_good_graph(capsys, tiny_dir, tmp_path, monk
     assert _run(capsys, "export", "--model", str(tiny_dir), "--out", str(out), *SMALL, "--graphs", "head_step")[0] == 0
     good, manifest = _sha(out / "fp32" / "head_step.onnx"), (out / "manifest.json").read_text()
 
-    from nextstep_trt import tolerances
-    from nextstep_trt.metrics import Bound
-    from nextstep_trt.precision import Precision
+    from nextstep_trt.core import tolerances
+    from nextstep_trt.core.metrics import Bound
+    from nextstep_trt.core.precision import Precision
 
     monkeypatch.setitem(tolerances.GRAPH_BOUNDS, ("head_step", Precision.FP32), Bound(rel_l2=0.0))
     code, err = _run(capsys, "export", "--model", str(tiny_dir), "--out", str(out), *SMALL, "--graphs", "head_step")

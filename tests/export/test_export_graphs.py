@@ -6,12 +6,12 @@ import onnx
 import pytest
 import torch
 
-from export.lint import lint_model
-from export.manifest import Manifest
-from export.profile import GRAPHS
-from export.sizes import graph_weight_bytes
-from nextstep_ref.sampler import sample_token
-from runtime.ort_session import make_session
+from nextstep_trt.export.lint import lint_model
+from nextstep_trt.export.manifest import Manifest
+from nextstep_trt.export.ort_session import make_session
+from nextstep_trt.export.profile import GRAPHS
+from nextstep_trt.export.sizes import graph_weight_bytes
+from nextstep_trt.ref.sampler import sample_token
 
 
 def test_all_graphs_exported_and_recorded(tiny_artifacts):
@@ -49,7 +49,7 @@ def test_fused_sampler_equals_stepwise_reference(tiny_artifacts, tiny_bundle):
     """ORT's one-call sampler vs the reference sampler run step by step (full head call per step), same noise."""
     art, _ = tiny_artifacts
     manifest = Manifest.load(art)
-    from export.profile import sampler_of
+    from nextstep_trt.export.profile import sampler_of
 
     for graph, rows in (("head_sampler", 2), ("head_sampler_edit", 3)):
         spec = manifest.spec(graph)
@@ -76,7 +76,7 @@ def _initializer_bytes(path) -> int:
 
 def test_sampler_stores_head_weights_once(tiny_artifacts, tiny_profile):
     art, _ = tiny_artifacts
-    from nextstep_ref.config import tiny
+    from nextstep_trt.ref.config import tiny
 
     expected = graph_weight_bytes(tiny(), tiny_profile)
     for g in GRAPHS:
@@ -87,7 +87,7 @@ def test_sampler_stores_head_weights_once(tiny_artifacts, tiny_profile):
 
 def test_graphs_are_lint_clean_and_parse_in_tensorrt_rtx(tiny_artifacts):
     pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed")
-    from export.trt_check import trt_parse
+    from nextstep_trt.export.trt_check import trt_parse
 
     art, _ = tiny_artifacts
     manifest = Manifest.load(art)

@@ -3,8 +3,8 @@ import copy
 
 import torch
 
-from nextstep_trt.metrics import compare
-from nextstep_trt.tolerances import FP32_GRAPH, FP32_VAE
+from nextstep_trt.core.metrics import compare
+from nextstep_trt.core.tolerances import FP32_GRAPH, FP32_VAE
 
 
 def test_vae_fp32_noise_floor_exceeds_the_generic_bound(tiny_bundle):

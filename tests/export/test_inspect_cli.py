@@ -8,8 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.spec import Dim, GraphSpec, Profile, TensorSpec
 from nextstep_trt.cli import main
+from nextstep_trt.export.spec import Dim, GraphSpec, Profile, TensorSpec
 
 
 def _model(x_shape=("rows", 4), control_flow=False, custom_op=False, dtype=np.float32) -> onnx.ModelProto:

@@ -6,10 +6,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.inspect import inspect_dict, inspect_text
-from export.lint import Finding, lint_model, load_model
-from export.spec import Dim, GraphSpec, Profile, TensorSpec
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.export.inspect import inspect_dict, inspect_text
+from nextstep_trt.export.lint import Finding, lint_model, load_model
+from nextstep_trt.export.spec import Dim, GraphSpec, Profile, TensorSpec
 
 RNG = np.random.default_rng(0)
 
@@ -197,7 +197,7 @@ def _saved(tmp_path, model, name) -> str:
 
 def test_trt_parse_clean_model_reports_io(tmp_path):
     pytest.importorskip("tensorrt_rtx")
-    from export.trt_check import trt_parse
+    from nextstep_trt.export.trt_check import trt_parse
 
     result = trt_parse(_saved(tmp_path, matmul_model(), "mm.onnx"))
     assert result.ok and result.errors == [] and result.num_layers >= 1
@@ -207,7 +207,7 @@ def test_trt_parse_clean_model_reports_io(tmp_path):
 
 def test_trt_parse_names_the_failing_node(tmp_path):
     pytest.importorskip("tensorrt_rtx")
-    from export.trt_check import trt_parse
+    from nextstep_trt.export.trt_check import trt_parse
 
     foo = make_model([helper.make_node("Foo", ["x"], ["x2"], name="foo_node", domain="com.example"),
                       helper.make_node("MatMul", ["x2", "w"], ["y"], name="mm")],

@@ -5,10 +5,10 @@ import sys
 import numpy as np
 import pytest
 
-from export.profile import GRAPHS, DeploymentProfile, graph_specs
-from export.spec import Dim, GraphSpec, export_sizes, kv_names, sample_feeds
-from nextstep_ref.config import large, tiny
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.export.profile import GRAPHS, DeploymentProfile, graph_specs
+from nextstep_trt.export.spec import Dim, GraphSpec, export_sizes, kv_names, sample_feeds
+from nextstep_trt.ref.config import large, tiny
 
 
 def test_dim_rejects_max_below_min():
@@ -90,7 +90,7 @@ def test_check_inputs_names_the_tensor():
 
 def test_large_graph_sizes_from_the_spec_alone():
     """Large graph sizes come from the spec and the key map, without exporting anything."""
-    from export.sizes import graph_weight_bytes
+    from nextstep_trt.export.sizes import graph_weight_bytes
 
     sizes = graph_weight_bytes(large(), DeploymentProfile())
     assert sizes["backbone"] > 14e9 * 4 * 0.99            # fp32 backbone incl. embeddings (no lm_head)
@@ -100,7 +100,7 @@ def test_large_graph_sizes_from_the_spec_alone():
 
 def test_spec_modules_import_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import export.spec, export.profile, export.manifest, nextstep_ref.config, nextstep_ref.prompt\n"
+            "import nextstep_trt.export.spec, nextstep_trt.export.profile, nextstep_trt.export.manifest, nextstep_trt.ref.config, nextstep_trt.ref.prompt\n"
             "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

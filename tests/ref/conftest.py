@@ -35,8 +35,8 @@ def assert_close():
 @pytest.fixture(scope="module")
 def tiny_random():
     """(config, NextStep, AutoEncoder) of the tiny config with seeded random weights, fp32, eval mode."""
-    from nextstep_ref.checkpoint import init_random
-    from nextstep_ref.config import tiny
+    from nextstep_trt.ref.checkpoint import init_random
+    from nextstep_trt.ref.config import tiny
 
     cfg = tiny()
     model, vae = init_random(cfg, seed=3)

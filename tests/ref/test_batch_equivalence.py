@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from nextstep_ref.noise import NoiseSource
-from nextstep_ref.options import GenerationOptions
-from nextstep_ref.pipeline import generate_tokens
-from nextstep_ref.prompt import text_to_image_prompt
+from nextstep_trt.ref.noise import NoiseSource
+from nextstep_trt.ref.options import GenerationOptions
+from nextstep_trt.ref.pipeline import generate_tokens
+from nextstep_trt.ref.prompt import text_to_image_prompt
 
 TOL = 1e-5
 PROMPTS = ["a cat", "a much longer prompt about a dog in the park"]
@@ -47,7 +47,7 @@ def test_same_seed_different_prompt_differs(tiny_bundle):
 
 def test_noise_depends_only_on_seed():
     """An image's noise comes from its own seed, whatever else shares the batch; prompts share per-image seeds."""
-    from nextstep_ref.noise import image_seeds
+    from nextstep_trt.ref.noise import image_seeds
 
     assert image_seeds(42, 2, 3) == [42, 43, 44, 42, 43, 44]
     together, alone = NoiseSource([5, 6], 3, 16), NoiseSource([6], 3, 16)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from nextstep_ref.checkpoint import init_random, load_model, save_model_folder
-from nextstep_ref.config import bench, config_from_dicts, large, model_config_dict, tiny, vae_config_dict
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.ref.checkpoint import init_random, load_model, save_model_folder
+from nextstep_trt.ref.config import bench, config_from_dicts, large, model_config_dict, tiny, vae_config_dict
 
 INDEX = "model.safetensors.index.json"
 

@@ -66,7 +66,7 @@ def test_head_matches_spec(tiny_random, assert_close):
 
 
 def test_time_features_cos_first():
-    from nextstep_ref.head import TimestepEmbedder
+    from nextstep_trt.ref.head import TimestepEmbedder
 
     emb = TimestepEmbedder(8, 256)
     t = torch.tensor([0.0, 0.37, 1.0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nextstep_ref.backbone import KVCache
+from nextstep_trt.ref.backbone import KVCache
 
 TOL = 1e-5
 STEPS = 20
@@ -90,11 +90,11 @@ def test_pipeline_equals_uncached_recomputation(tiny_bundle, edit, assert_close)
     condition from scratch over prompt + tokens so far; for editing also with the input image in the prompt."""
     import numpy as np
 
-    from nextstep_ref.noise import NoiseSource
-    from nextstep_ref.options import GenerationOptions
-    from nextstep_ref.pipeline import generate_tokens
-    from nextstep_ref.prompt import edit_prompt, scatter_image_tokens, text_to_image_prompt
-    from nextstep_ref.sampler import sample_token
+    from nextstep_trt.ref.noise import NoiseSource
+    from nextstep_trt.ref.options import GenerationOptions
+    from nextstep_trt.ref.pipeline import generate_tokens
+    from nextstep_trt.ref.prompt import edit_prompt, scatter_image_tokens, text_to_image_prompt
+    from nextstep_trt.ref.sampler import sample_token
 
     cfg, model = tiny_bundle.config, tiny_bundle.model
     opts = GenerationOptions(height=32, width=48, steps=2, cfg=3.0, cfg_img=1.5, use_norm=True)

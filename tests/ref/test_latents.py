@@ -5,10 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from nextstep_ref.config import tiny
-from nextstep_ref.latents import (from_model_space, image_to_uint8, patchify_latents, to_model_space, token_grid,
-                                  uint8_to_image, unpatchify_latents)
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.ref.config import tiny
+from nextstep_trt.ref.latents import (
+    from_model_space,
+    image_to_uint8,
+    patchify_latents,
+    to_model_space,
+    token_grid,
+    uint8_to_image,
+    unpatchify_latents,
+)
 
 
 @pytest.mark.parametrize("kind", ["numpy", "torch"])

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nextstep_ref.config import bench, large, tiny
-from nextstep_ref.model import NextStep
-from nextstep_ref.vae import AutoEncoder
-from nextstep_ref.weights import model_shapes, vae_shapes
+from nextstep_trt.ref.config import bench, large, tiny
+from nextstep_trt.ref.model import NextStep
+from nextstep_trt.ref.vae import AutoEncoder
+from nextstep_trt.ref.weights import model_shapes, vae_shapes
 
 HEAD = 157_228_096
 PER_LAYER = 275_268_608

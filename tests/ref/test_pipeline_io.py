@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nextstep_ref.pipeline import decode_tokens, encode_image
-from nextstep_ref.prompt import edit_prompt, scatter_image_tokens
+from nextstep_trt.ref.pipeline import decode_tokens, encode_image
+from nextstep_trt.ref.prompt import edit_prompt, scatter_image_tokens
 
 
 def tokens_to_latents(tokens, rows, cols, c):

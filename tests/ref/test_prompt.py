@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nextstep_ref.prompt import edit_prompt, text_to_image_prompt
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.ref.prompt import edit_prompt, text_to_image_prompt
 
 PAD, AREA, BOI, EOI, PLACEHOLDER = 300, 301, 302, 303, 304
 

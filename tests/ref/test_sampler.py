@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from nextstep_ref.head import FlowMatchingHead, token_norm
-from nextstep_ref.sampler import combine_cfg, run_sampler, sample_token
-from nextstep_ref.sampling import CfgSchedule, SamplerConfig, SamplerVariant, cfg_at
+from nextstep_trt.ref.head import FlowMatchingHead, token_norm
+from nextstep_trt.ref.sampler import combine_cfg, run_sampler, sample_token
+from nextstep_trt.ref.sampling import CfgSchedule, SamplerConfig, SamplerVariant, cfg_at
 
 # v = a x + b per branch (cond, uncond1, uncond2)
 A = {"c": 0.8, "u": -0.3, "u2": 0.5}

@@ -1,13 +1,13 @@
 """The runtime loop: same result as the reference pipeline, batches, seeds, callbacks, fallback sampler."""
 import numpy as np
 
-from nextstep_ref.noise import NoiseSource
-from nextstep_ref.options import GenerationOptions
-from nextstep_ref.pipeline import generate_tokens as reference_tokens
-from nextstep_ref.prompt import text_to_image_prompt
-from runtime.loop import Request, generate_tokens, run_request
-from runtime.ort_backend import OrtBackend
-from runtime.torch_backend import TorchBackend
+from nextstep_trt.ref.noise import NoiseSource
+from nextstep_trt.ref.options import GenerationOptions
+from nextstep_trt.ref.pipeline import generate_tokens as reference_tokens
+from nextstep_trt.ref.prompt import text_to_image_prompt
+from nextstep_trt.runtime.loop import Request, generate_tokens, run_request
+from nextstep_trt.runtime.ort_backend import OrtBackend
+from nextstep_trt.runtime.torch_backend import TorchBackend
 
 OPTS = GenerationOptions(height=48, width=32, cfg=2.0, steps=3, seed=3)
 
@@ -55,8 +55,8 @@ def test_fallback_sampler_matches_fused(tiny_artifacts, tiny_bundle):
 
 
 def test_editing_on_onnxruntime_matches_reference(tiny_artifacts, tiny_bundle):
-    from nextstep_ref.pipeline import edit_image
-    from runtime.cases import source_image
+    from nextstep_trt.ref.pipeline import edit_image
+    from nextstep_trt.runtime.cases import source_image
 
     art, _ = tiny_artifacts
     src = source_image(32, 32)

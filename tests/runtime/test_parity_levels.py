@@ -2,9 +2,9 @@
 free-running (32x32 and 48x32, 3 sampler steps, cfg 2, and the edit path)."""
 import pytest
 
-from runtime.ort_backend import OrtBackend
-from runtime.reference import LiveReference
-from runtime.verify import verify_backend
+from nextstep_trt.runtime.ort_backend import OrtBackend
+from nextstep_trt.runtime.reference import LiveReference
+from nextstep_trt.runtime.verify import verify_backend
 
 
 @pytest.fixture(scope="module")

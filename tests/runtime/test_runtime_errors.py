@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nextstep_trt.cli import main
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 
 def _gen(art, model, out, *extra):
@@ -22,8 +22,8 @@ def _check(capsys, argv, code, text, out=None):
 
 
 def test_artifacts_from_another_model(capsys, tiny_artifacts, tmp_path):
-    from nextstep_ref.checkpoint import init_random, save_model_folder
-    from nextstep_ref.config import tiny
+    from nextstep_trt.ref.checkpoint import init_random, save_model_folder
+    from nextstep_trt.ref.config import tiny
 
     other = tmp_path / "other"
     cfg = tiny()
@@ -62,7 +62,7 @@ def test_prompt_over_the_profile_budget(capsys, tiny_artifacts, tiny_dir, tmp_pa
 
 
 def test_tensorrt_backend_without_tensorrt(capsys, tiny_artifacts, tiny_dir, tmp_path):
-    pytest.importorskip("runtime.trt_backend", reason="the TensorRT backend module is not present yet")
+    pytest.importorskip("nextstep_trt.runtime.trt_backend", reason="the TensorRT backend module is not present yet")
     try:
         import tensorrt  # noqa: F401
         pytest.skip("tensorrt is installed here")
@@ -75,9 +75,9 @@ def test_tensorrt_backend_without_tensorrt(capsys, tiny_artifacts, tiny_dir, tmp
 
 
 def test_nan_stops_and_names_the_step(tiny_artifacts, tiny_bundle):
-    from nextstep_ref.options import GenerationOptions
-    from runtime.loop import Request, run_request
-    from runtime.ort_backend import OrtBackend
+    from nextstep_trt.ref.options import GenerationOptions
+    from nextstep_trt.runtime.loop import Request, run_request
+    from nextstep_trt.runtime.ort_backend import OrtBackend
 
     class Diverging(OrtBackend):
         calls = 0

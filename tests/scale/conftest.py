@@ -4,15 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from scale_helpers import export_opts
 
 
 @pytest.fixture(scope="session")
 def ckpts(tmp_path_factory) -> dict[str, Path]:
     """Tiny model folders written by the streaming init-model, fp32 and bf16 (several shards each)."""
-    from nextstep_ref.config import tiny
-    from nextstep_ref.streaming import init_model_folder
+    from nextstep_trt.ref.config import tiny
+    from nextstep_trt.ref.streaming import init_model_folder
 
     root = tmp_path_factory.mktemp("ckpt")
     return {d: init_model_folder(root / d, tiny(), d, seed=3, max_shard_bytes=2**17, log=lambda *_: None)
@@ -22,7 +21,7 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def ordinary(ckpts, tmp_path_factory) -> dict[str, Path]:
     """The ordinary export (whole model in memory, fp32) of each checkpoint."""
-    from export.run import export_all
+    from nextstep_trt.export.run import export_all
 
     root = tmp_path_factory.mktemp("ordinary")
     for d, model_dir in ckpts.items():
@@ -34,7 +33,7 @@ def ordinary(ckpts, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def lowmem(ckpts, tmp_path_factory) -> dict[tuple[str, str], Path]:
     """Low-memory exports, keyed (checkpoint dtype, graph dtype): two linked, one converted."""
-    from export.lowmem import export_low_memory
+    from nextstep_trt.export.lowmem import export_low_memory
 
     root = tmp_path_factory.mktemp("lowmem")
     out = {}

@@ -82,7 +82,7 @@ def test_interrupted_export_keeps_the_good_graph_and_restarts_cleanly(capsys, ck
     model, art = relink_copy(ckpts["bf16"], lowmem["bf16", "bf16"], tmp_path)
     good, manifest = _sha(art / "bf16" / "backbone.onnx"), (art / "manifest.json").read_text()
     (art / ".export-backbone-killed").mkdir()                       # left by a run that was killed
-    import export.metatrace as metatrace
+    import nextstep_trt.export.metatrace as metatrace
 
     real = metatrace.place_weights
 

@@ -1,7 +1,7 @@
 """doctor --model: per-step memory and disk estimates and what this machine can do."""
-from engines.estimate import estimate_steps, kv_cache_bytes, verdict
-from nextstep_ref.config import large
 from nextstep_trt.cli import main
+from nextstep_trt.engines.estimate import estimate_steps, kv_cache_bytes, verdict
+from nextstep_trt.ref.config import large
 
 
 def test_large_estimates():

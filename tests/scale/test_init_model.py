@@ -10,8 +10,8 @@ from nextstep_trt.cli import main
 RSS_SCRIPT = """
 import resource, sys
 import torch
-from nextstep_ref.config import bench
-from nextstep_ref import streaming
+from nextstep_trt.ref.config import bench
+from nextstep_trt.ref import streaming
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 streaming.init_model_folder(sys.argv[1], bench(), "fp32", seed=1, max_shard_bytes=10**8, log=lambda *_: None)
 print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -20,9 +20,9 @@ print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 def test_bench_streams_with_little_memory_and_loads(tmp_path):
     """Writing 0.45 GB of fp32 bench weights raises peak RSS far less than holding them would."""
-    from nextstep_ref.checkpoint import load_model
-    from nextstep_ref.config import bench
-    from nextstep_ref.streaming import random_tensor, weight_bytes
+    from nextstep_trt.ref.checkpoint import load_model
+    from nextstep_trt.ref.config import bench
+    from nextstep_trt.ref.streaming import random_tensor, weight_bytes
 
     out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(tmp_path / "bench")], capture_output=True,
                          text=True, check=True)
@@ -39,7 +39,7 @@ def test_bench_streams_with_little_memory_and_loads(tmp_path):
 def test_init_model_cli_bf16_is_reproducible(tmp_path, capsys):
     from safetensors import safe_open
 
-    from nextstep_ref.checkpoint import load_model
+    from nextstep_trt.ref.checkpoint import load_model
 
     for name in ("a", "b"):
         assert main(["init-model", "--preset", "tiny", "--dtype", "bf16", "--seed", "5", str(tmp_path / name)]) == 0

@@ -5,17 +5,18 @@ import onnx
 import pytest
 from scale_helpers import SMALL, export_opts, relink_copy
 
-from export.integrity import check_graph_file, external_info
-from export.lint import load_model
-from export.lowmem import check_artifacts
-from export.sources import WeightSources
 from nextstep_trt.cli import main
+from nextstep_trt.export.initializers import external_info
+from nextstep_trt.export.integrity import check_graph_file
+from nextstep_trt.export.lint import load_model
+from nextstep_trt.export.lowmem import check_artifacts
+from nextstep_trt.export.sources import WeightSources
 
 
 def _flip_byte(model_dir, key: str) -> None:
     """Flip one byte inside tensor ``key`` of its shard."""
-    from export.external import checkpoint_tensors
-    from nextstep_ref.weights import shard_files
+    from nextstep_trt.export.external import checkpoint_tensors
+    from nextstep_trt.ref.weights import shard_files
 
     t = checkpoint_tensors(model_dir, shard_files(model_dir))[key]
     with open(t.file, "r+b") as f:
@@ -55,8 +56,9 @@ def test_swapped_weights_fail_the_weights_and_the_layer_check(ckpts, lowmem, tmp
         t.external_data.extend(ext)
     onnx.save(proto, path)
     from scale_helpers import small_profile
-    from export.profile import graph_specs
-    from nextstep_ref.config import load_config
+
+    from nextstep_trt.export.profile import graph_specs
+    from nextstep_trt.ref.config import load_config
 
     spec = graph_specs(load_config(model), small_profile(), ("backbone",))["backbone"]
     report = check_graph_file(path, spec, None, WeightSources(model), layer=1)

@@ -7,10 +7,10 @@ import pytest
 import torch
 from scale_helpers import backbone_cases, run_graph
 
-from export.external import checkpoint_key
-from export.integrity import external_info
-from export.lint import load_model
-from export.spec import kv_names
+from nextstep_trt.export.external import checkpoint_key
+from nextstep_trt.export.initializers import external_info
+from nextstep_trt.export.lint import load_model
+from nextstep_trt.export.spec import kv_names
 
 OUTPUTS = ["cond"] + kv_names("new_key", 2) + kv_names("new_value", 2)
 

@@ -1,6 +1,5 @@
 """A live `nextstep-trt serve` on loopback with the tiny model, started once per module and always stopped."""
 import pytest
-
 from serve_live import LiveServer
 
 

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from nextstep_ref.options import GenerationOptions
-from nextstep_ref.prompt import text_to_image_prompt
-from nextstep_trt.errors import UserError
-from runtime.loop import Request, run_request
-from runtime.ort_backend import OrtBackend
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.ref.options import GenerationOptions
+from nextstep_trt.ref.prompt import text_to_image_prompt
+from nextstep_trt.runtime.loop import Request, run_request
+from nextstep_trt.runtime.ort_backend import OrtBackend
 
 OPTS = GenerationOptions(height=48, width=32, steps=3)
 
@@ -46,7 +46,7 @@ def test_single_string_negative_unchanged(tiny_bundle):
 
 def test_per_prompt_edit_images_and_cfg_img(tiny_artifacts, tiny_bundle):
     """Editing: each prompt its own input image and image guidance, equal to separate runs."""
-    from runtime.cases import source_image
+    from nextstep_trt.runtime.cases import source_image
 
     art, _ = tiny_artifacts
     tok = tiny_bundle.tokenizer

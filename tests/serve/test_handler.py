@@ -3,10 +3,10 @@ for the whole batch, and a bad request fails alone."""
 import numpy as np
 import pytest
 
-from nextstep_ref.options import GenerationOptions
-from nextstep_trt.errors import UserError
-from runtime.loop import Request, run_request
-from runtime.serve.handler import BatchRunner, open_runner
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.ref.options import GenerationOptions
+from nextstep_trt.runtime.loop import Request, run_request
+from nextstep_trt.serve.handler import BatchRunner, open_runner
 
 
 def req(prompt="a red fox", **values):
@@ -90,7 +90,7 @@ def test_fewer_steps_run_through_head_step(runner):
 
 
 def test_edit_runner_takes_size_from_the_image(tiny_artifacts, tiny_dir):
-    from runtime.cases import source_image
+    from nextstep_trt.runtime.cases import source_image
 
     r = open_runner(tiny_artifacts[0], tiny_dir, edit=True, threads=1)
     try:

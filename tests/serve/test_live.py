@@ -11,11 +11,11 @@ pytest.importorskip("tritonclient.http", reason="serving extra not installed: pi
 pytest.importorskip("tritonclient.grpc", reason="serving extra not installed: pip install 'nextstep-trt[serve]'")
 pytest.importorskip("pytriton", reason="serving extra not installed: pip install 'nextstep-trt[serve]'")
 
-from nextstep_trt.cli import main
-from nextstep_trt.errors import UserError
-from runtime.serve.client import Client, ImageRequest
-
 from serve_live import http, rss_mb
+
+from nextstep_trt.cli import main
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.serve.client import Client, ImageRequest
 
 
 def _cli_image(tiny_dir, tiny_artifacts, tmp_path, command: str, *flags: str) -> np.ndarray:
@@ -46,7 +46,7 @@ def test_client_command_writes_the_png(server, tmp_path):
 
 
 def test_edit_same_pixels_as_edit_command(server, tiny_dir, tiny_artifacts, tmp_path):
-    from runtime.cases import source_image
+    from nextstep_trt.runtime.cases import source_image
 
     src = tmp_path / "src.png"
     Image.fromarray(source_image(32, 32)).save(src)
@@ -80,9 +80,9 @@ def _run_all(url: str, requests: list[ImageRequest], workers: int) -> list:
 
 def _solo_images(tiny_dir, tiny_artifacts, keys) -> dict:
     """Each (height, width, seed) generated alone in this process."""
-    from nextstep_ref.options import GenerationOptions
-    from runtime.api import model_tokenizer, open_backend
-    from runtime.loop import Request, run_request
+    from nextstep_trt.ref.options import GenerationOptions
+    from nextstep_trt.runtime.api import model_tokenizer, open_backend
+    from nextstep_trt.runtime.loop import Request, run_request
 
     out = {}
     with open_backend("onnxruntime", tiny_dir, tiny_artifacts[0], threads=1) as backend:

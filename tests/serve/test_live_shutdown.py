@@ -9,10 +9,10 @@ import pytest
 pytest.importorskip("tritonclient.http", reason="serving extra not installed: pip install 'nextstep-trt[serve]'")
 pytest.importorskip("pytriton", reason="serving extra not installed: pip install 'nextstep-trt[serve]'")
 
-from nextstep_trt.cli import main
-from runtime.serve.client import Client, ImageRequest
-
 from serve_live import LiveServer, port_free
+
+from nextstep_trt.cli import main
+from nextstep_trt.serve.client import Client, ImageRequest
 
 
 def _alive(pid: int) -> bool:

@@ -13,7 +13,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from nextstep_trt.cli import main
-from runtime.serve.limits import INPUTS
+from nextstep_trt.serve.limits import INPUTS
 
 TYPES = {"STRING": "TYPE_STRING", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "FP32": "TYPE_FP32",
          "UINT8": "TYPE_UINT8"}
@@ -90,9 +90,9 @@ def fake_pb_utils():
 
 
 def test_model_py_executes_with_fake_pb_utils(repo, monkeypatch, tiny_artifacts, tiny_dir):
-    from nextstep_ref.options import GenerationOptions
-    from runtime.api import model_tokenizer, open_backend
-    from runtime.loop import Request, run_request
+    from nextstep_trt.ref.options import GenerationOptions
+    from nextstep_trt.runtime.api import model_tokenizer, open_backend
+    from nextstep_trt.runtime.loop import Request, run_request
 
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils())
     spec = importlib.util.spec_from_file_location("nextstep_t2i_model", repo / "nextstep_t2i" / "1" / "model.py")
@@ -123,7 +123,7 @@ def test_serving_modules_import_without_torch(tiny_artifacts, tiny_dir, tmp_path
     import subprocess
 
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import runtime.serve.triton_model, runtime.serve.handler, runtime.serve.client, runtime.serve.server\n"
+            "import nextstep_trt.serve.triton_model, nextstep_trt.serve.handler, nextstep_trt.serve.client, nextstep_trt.serve.server\n"
             "from nextstep_trt.cli import main\n"
             f"sys.exit(main(['triton-repo', '--model', {str(tiny_dir)!r}, '--artifacts', "
             f"{str(tiny_artifacts[0])!r}, '--out', {str(tmp_path / 'repo')!r}, '--no-edit']))")

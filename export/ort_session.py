@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 
 def providers_for(device: str) -> list[str]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 
-from export.profile import DeploymentProfile
-from export.sizes import DTYPE_BYTES, graph_parameters
-from nextstep_ref.config import NextStepConfig
-from nextstep_ref.sampling import SamplerConfig
-from nextstep_ref.weights import head_shapes
+from nextstep_trt.export.profile import DeploymentProfile
+from nextstep_trt.export.sizes import DTYPE_BYTES, graph_parameters
+from nextstep_trt.ref.config import NextStepConfig
+from nextstep_trt.ref.sampling import SamplerConfig
+from nextstep_trt.ref.weights import head_shapes
 
 from .results import Roofline
 

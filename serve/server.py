@@ -1,4 +1,4 @@
-"""Run the Triton Inference Server that the PyTriton wheel ships, on a model repository from ``runtime.serve.repo``.
+"""Run the Triton Inference Server that the PyTriton wheel ships, on a model repository from ``nextstep_trt.serve.repo``.
 
 PyTriton's own ``Triton.bind`` is not used: its callables cannot fail one request of a batch without failing the
 others (a bad request would sink its batch-mates), and its errors are Python tracebacks. The stock Python backend
@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 PR_SET_PDEATHSIG = 1
 

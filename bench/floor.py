@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from export.sizes import DTYPE_BYTES
-from nextstep_ref.config import NextStepConfig
-from nextstep_ref.latents import token_grid
+from nextstep_trt.export.sizes import DTYPE_BYTES
+from nextstep_trt.ref.config import NextStepConfig
+from nextstep_trt.ref.latents import token_grid
 
 from .roofline import decode_step_bytes, floor_estimate, sampler_token_bytes
 

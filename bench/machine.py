@@ -6,8 +6,8 @@ import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nextstep_trt.resources import meminfo
-from nextstep_trt.resources import versions as installed_versions
+from nextstep_trt.core.resources import meminfo
+from nextstep_trt.core.resources import versions as installed_versions
 
 MiB = 2**20
 

@@ -5,7 +5,7 @@ import gc
 from pathlib import Path
 from typing import Callable
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 from .machine import load_average
 from .memory import measure_bandwidth
@@ -20,15 +20,15 @@ def _profile(opts: BenchOptions):
         if any(n in opts.backends for n in ("onnxruntime", "tensorrt")):
             raise UserError("the onnxruntime and tensorrt backends need --artifacts (run `nextstep-trt export`)")
         return None
-    from export.manifest import Manifest
+    from nextstep_trt.export.manifest import Manifest
 
     return Manifest.load(opts.artifacts).profile
 
 
 def _loop_runner(name: str, opts: BenchOptions, profile_prefix: str | None = None):
     """A LoopRunner on an ONNX Runtime or TensorRT backend of the artifacts."""
-    from runtime.api import model_tokenizer, open_backend
-    from runtime.ort_backend import OrtBackend
+    from nextstep_trt.runtime.api import model_tokenizer, open_backend
+    from nextstep_trt.runtime.ort_backend import OrtBackend
 
     from .loop_runner import LoopRunner
 
@@ -41,7 +41,7 @@ def _loop_runner(name: str, opts: BenchOptions, profile_prefix: str | None = Non
 
 def _run_phases(bench: Bench, report: BenchReport) -> None:
     """Every backend in order: the torch reference (eager, then compiled), then the exported graphs."""
-    from nextstep_ref.checkpoint import load_model
+    from nextstep_trt.ref.checkpoint import load_model
 
     from .torch_runner import TorchRunner
 
@@ -91,7 +91,7 @@ def _compile_time(report: BenchReport) -> None:
 
 def _profiles(bench: Bench, report: BenchReport) -> None:
     """``--profile DIR``: short profiled runs after all timing (never part of the tables' numbers)."""
-    from nextstep_ref.checkpoint import load_model
+    from nextstep_trt.ref.checkpoint import load_model
 
     from .profiling import profile_ort, profile_torch
     from .torch_runner import TorchRunner

@@ -5,7 +5,7 @@ import resource
 import shutil
 from pathlib import Path
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 GB = 1e9
 DISK_MARGIN = 256 * 2**20          # filesystem metadata, config files, the graph protos themselves

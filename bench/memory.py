@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from nextstep_trt.resources import rss_bytes
+from nextstep_trt.core.resources import rss_bytes
 
 MiB = 2**20
 

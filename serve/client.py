@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 from .limits import EDIT_MODEL, INPUTS, T2I_MODEL
 

@@ -5,9 +5,9 @@ bounds every token's condition, velocity and token; level 3 runs free and bounds
 """
 from __future__ import annotations
 
-from nextstep_trt.errors import UserError
-from nextstep_trt.metrics import Bound
-from nextstep_trt.precision import Precision
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.metrics import Bound
+from nextstep_trt.core.precision import Precision
 
 FP32_GRAPH = Bound(rel_l2=1e-6, max_abs=1e-5)
 # The VAE stacks ~22 convolutions; each adds ~1e-7 relative fp32 rounding, so torch's own fp32 output is already
@@ -29,7 +29,7 @@ BF16_WIDENED = Bound(rel_l2=1e-3, cosine=0.99999)
 # Small outputs are drawn again until each case shape has >= 1024 values (export/components.py): a cosine over a
 # 16-value sampler token or a 32-value K/V row scatters from draw to draw as much as rounding moves it. So for
 # the fused samplers (bf16) and every fp8 graph, ``cosine`` is a per-case floor and ``mean_cosine`` bounds the
-# mean over all cases of each tensor (runtime.parity.level1_means). Measured over 10 validation seeds (3-step
+# mean over all cases of each tensor (nextstep_trt.core.level1.level1_means). Measured over 10 validation seeds (3-step
 # profile) and 2-3 seeds (default 512x512 / 50-step profile), each with its redraws:
 #   bf16 samplers   mean cos >= 0.99994, lowest case 0.99970, rel <= 2.5e-2, abs <= 0.092 (integrator in fp32,
 #                   engines/precision/keep.py; without it the 50-step edit sampler's batch-1 token fell to 0.99975)

@@ -55,7 +55,7 @@ def psnr(ref_u8: np.ndarray, out_u8: np.ndarray) -> float:
 class Bound:
     """Upper bounds on rel-L2 and max-abs, lower bound on cosine; None means not checked. NaN/Inf always fail.
     ``psnr_db`` is the image bound of level 3 (checked on images, not by ``violations``). ``mean_cosine`` bounds
-    the mean of a tensor's cosine over all level-1 cases of its graph (``runtime.parity.level1_means``): for
+    the mean of a tensor's cosine over all level-1 cases of its graph (``nextstep_trt.core.level1.level1_means``): for
     fp8, where one small tensor's cosine scatters from draw to draw, ``cosine`` is then the per-case floor."""
 
     rel_l2: float | None = None

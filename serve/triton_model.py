@@ -1,7 +1,7 @@
 """The Triton Python-backend model: the whole NextStep-1 loop inside one model (no ensemble).
 
 A repository's ``model.py`` re-exports ``TritonPythonModel`` from here. Settings come from the model config's
-``parameters`` (written by ``runtime.serve.repo``); paths in them are relative to the model's folder.
+``parameters`` (written by ``nextstep_trt.serve.repo``); paths in them are relative to the model's folder.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
 
 from .limits import EDIT_MODEL, INPUTS
 

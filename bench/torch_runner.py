@@ -1,6 +1,6 @@
 """The eager PyTorch reference and its torch.compile twin, timed by instrumenting the reference pipeline (torch).
 
-The loop is ``nextstep_ref.pipeline.generate_image`` as the official pipeline runs it: one head call per sampler step.
+The loop is ``nextstep_trt.ref.pipeline.generate_image`` as the official pipeline runs it: one head call per sampler step.
 Forward hooks on the backbone, the head and the VAE decoder time them; ``sample_token`` is wrapped for the per-token
 sampler time. ``torch-compile`` replaces the forwards of those three modules by ``torch.compile`` (inductor) of the
 same code; the hooks stay outside the compiled region.
@@ -12,16 +12,16 @@ import time
 import numpy as np
 import torch
 
-from nextstep_ref import pipeline
-from nextstep_ref.checkpoint import ModelBundle
-from nextstep_ref.latents import token_grid
-from nextstep_ref.options import GenerationOptions
-from nextstep_ref.prompt import text_to_image_prompt
-from nextstep_ref.sampler import sample_token
+from nextstep_trt.ref import pipeline
+from nextstep_trt.ref.checkpoint import ModelBundle
+from nextstep_trt.ref.latents import token_grid
+from nextstep_trt.ref.options import GenerationOptions
+from nextstep_trt.ref.prompt import text_to_image_prompt
+from nextstep_trt.ref.sampler import sample_token
 
 from .timing import CallLog, grid_tokens, noise_source, time_calls, zero_tokens
 
-SOURCE = ("instrumented reference loop (nextstep_ref.pipeline.generate_image): forward hooks on the backbone, "
+SOURCE = ("instrumented reference loop (nextstep_trt.ref.pipeline.generate_image): forward hooks on the backbone, "
           "head and VAE decoder; sample_token wrapped")
 
 

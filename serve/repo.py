@@ -13,10 +13,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.manifest import Manifest
-from nextstep_ref.config import load_config
-from nextstep_trt.errors import UserError
-from nextstep_trt.fileio import atomic_dir
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.fileio import atomic_dir
+from nextstep_trt.export.manifest import Manifest
+from nextstep_trt.ref.config import load_config
 
 from .limits import EDIT_MODEL, INPUTS, OUTPUTS, T2I_MODEL, ServeLimits, serve_limits, served_models
 
@@ -26,7 +26,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 MODEL_PY = '''"""NextStep-1 on Triton's Python backend, written by `nextstep-trt triton-repo`: the whole generation loop
 (prefill, per-token sampler and backbone steps, VAE) runs inside this one model. The Python environment of the
 backend stub needs nextstep-trt installed (plus tensorrt for the tensorrt backend)."""
-from runtime.serve.triton_model import TritonPythonModel  # noqa: F401
+from nextstep_trt.serve.triton_model import TritonPythonModel  # noqa: F401
 '''
 
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from export.manifest import Manifest
-from nextstep_ref.latents import token_grid
-from nextstep_ref.options import GenerationOptions
-from nextstep_ref.prompt import edit_prompt, text_to_image_prompt
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.export.manifest import Manifest
+from nextstep_trt.ref.latents import token_grid
+from nextstep_trt.ref.options import GenerationOptions
+from nextstep_trt.ref.prompt import edit_prompt, text_to_image_prompt
+from nextstep_trt.runtime.backend import Backend
+from nextstep_trt.runtime.loop import Request, run_request
 
-from ..backend import Backend
-from ..loop import Request, run_request
 from .limits import SEED_MAX, ServeLimits, serve_limits
 
 Inputs = dict[str, np.ndarray]     # one Triton request: input name -> array with the batch dim first
@@ -195,7 +195,7 @@ class BatchRunner:
 def open_runner(artifacts: str | Path, model_dir: str | Path, backend: str = "onnxruntime", precision: str = "fp32",
                 edit: bool = False, max_batch: int | None = None, threads: int = 0) -> BatchRunner:
     """A runner over a freshly opened backend and the model folder's tokenizer."""
-    from ..api import model_tokenizer, open_backend
+    from nextstep_trt.runtime.api import model_tokenizer, open_backend
 
     limits = serve_limits(Manifest.load(artifacts), edit, max_batch)
     be = open_backend(backend, model_dir, artifacts, precision, threads=threads)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from export.manifest import Manifest
-from export.profile import DeploymentProfile
-from nextstep_ref.options import EDIT_DEFAULTS
-from nextstep_ref.sampling import SamplerConfig
-from nextstep_trt.errors import UserError
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.export.manifest import Manifest
+from nextstep_trt.export.profile import DeploymentProfile
+from nextstep_trt.ref.options import EDIT_DEFAULTS
+from nextstep_trt.ref.sampling import SamplerConfig
 
 T2I_MODEL, EDIT_MODEL = "nextstep_t2i", "nextstep_edit"
 PROMPT_BYTES_PER_TOKEN = 32     # a prompt longer than this many bytes per allowed token is refused before tokenizing

@@ -9,7 +9,7 @@ import collections
 import json
 from pathlib import Path
 
-from nextstep_ref.options import GenerationOptions
+from nextstep_trt.ref.options import GenerationOptions
 
 TOP = 8
 

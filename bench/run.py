@@ -7,9 +7,9 @@ from typing import Callable
 
 import numpy as np
 
-from nextstep_ref.options import GenerationOptions
-from nextstep_trt.errors import UserError
-from nextstep_trt.metrics import psnr
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.metrics import psnr
+from nextstep_trt.ref.options import GenerationOptions
 
 from .machine import describe_machine, load_average
 from .memory import RssSampler

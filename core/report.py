@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nextstep_trt.errors import CheckFailed
-from nextstep_trt.metrics import Bound, Metrics
+from nextstep_trt.core.errors import CheckFailed
+from nextstep_trt.core.metrics import Bound, Metrics
 
 CPU_FP16_NOTE = ("note: fp16/bf16 errors measured by ONNX Runtime on the CPU, which computes most fp16 ops in "
                  "fp32 between casts; CPU fp16 numerics are not GPU fp16 numerics")

@@ -9,10 +9,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from nextstep_ref.config import NextStepConfig
-from nextstep_ref.latents import token_grid
-from nextstep_ref.noise import NoiseSource, image_seeds
-from nextstep_ref.options import GenerationOptions
+from nextstep_trt.ref.config import NextStepConfig
+from nextstep_trt.ref.latents import token_grid
+from nextstep_trt.ref.noise import NoiseSource, image_seeds
+from nextstep_trt.ref.options import GenerationOptions
 
 WINDOW = 5   # decode calls pooled for "token 1", "middle" and "last" (medians resist one slow call)
 

@@ -5,13 +5,13 @@ import time
 
 import numpy as np
 
-from nextstep_ref.options import GenerationOptions
+from nextstep_trt.ref.options import GenerationOptions
+from nextstep_trt.runtime.backend import Backend
+from nextstep_trt.runtime.loop import Request, decode_images, run_request
 
-from ..backend import Backend
-from ..loop import Request, decode_images, run_request
 from .timing import CallLog, TimedBackend, noise_source, time_calls, zero_tokens
 
-SOURCE = ("instrumented runtime loop (runtime.loop.run_request): timing wrapper around the Backend's backbone, "
+SOURCE = ("instrumented runtime loop (nextstep_trt.runtime.loop.run_request): timing wrapper around the Backend's backbone, "
           "sample and decode calls")
 
 

@@ -12,7 +12,7 @@ MiB = 2**20
 def device_memory_used() -> int | None:
     """Bytes in use on the current device (total - free), or None without CUDA."""
     try:
-        from runtime.cuda_device import check, cudart
+        from nextstep_trt.runtime.cuda_device import check, cudart
 
         free, total = check(cudart().cudaMemGetInfo(), "cudaMemGetInfo")
         return int(total) - int(free)
@@ -23,7 +23,7 @@ def device_memory_used() -> int | None:
 def device_bandwidth(size_mib: int = 1024, repeats: int = 5) -> float | None:
     """Best-of-N device-to-device copy in GB/s (read + write bytes), or None without CUDA."""
     try:
-        from runtime.cuda_device import DeviceBuffer, Stream, check, cudart
+        from nextstep_trt.runtime.cuda_device import DeviceBuffer, Stream, check, cudart
     except Exception:
         return None
     try:
@@ -47,9 +47,9 @@ def device_bandwidth(size_mib: int = 1024, repeats: int = 5) -> float | None:
 
 
 def device_description() -> dict | None:
-    """Name, compute capability and memory of the GPU (engines.gpu's probe), or None."""
+    """Name, compute capability and memory of the GPU (nextstep_trt.core.gpu's probe), or None."""
     try:
-        from engines.gpu import probe_gpu
+        from nextstep_trt.core.gpu import probe_gpu
 
         gpu = probe_gpu().gpu
     except Exception:
