@@ -9,6 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from .errors import UserError
+from .faults import fault_point
+
 
 def _default_mode() -> int:
     mask = os.umask(0)
@@ -27,6 +30,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.chmod(tmp_path, _default_mode())  # mkstemp makes 0600 files
+        fault_point(f"atomic:{final.name}")
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():
@@ -52,12 +56,26 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
 
 
 def write_json(path: str | Path, obj) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as indented JSON, atomically; a UserError naming the file when it cannot be written."""
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data``, atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    """Write ``data``, atomically; a UserError naming the file when it cannot be written (disk full, read-only)."""
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {describe_os_error(err)}") from None
+
+
+def describe_os_error(err: OSError) -> str:
+    """An OSError in a few words, with the disk's free space when it is full."""
+    import errno
+
+    text = err.strerror or str(err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = Path(err.filename).parent if err.filename else None
+        if where is not None and where.exists():
+            text += f" ({shutil.disk_usage(where).free / 2**20:.1f} MiB free on {where})"
+    return text

@@ -12,13 +12,17 @@ from typing import Callable
 import onnx
 
 from nextstep_trt.core.errors import CheckFailed, UserError
+from nextstep_trt.core.faults import fault_point
+from nextstep_trt.core.fileio import describe_os_error
 from nextstep_trt.core.precision import Precision
 from nextstep_trt.core.report import ParityReport
 
 from .exporter import OPSET
+from .filecheck import graph_files
 from .lint import lint_model
-from .manifest import Manifest, sha256_file
+from .manifest import Manifest
 from .profile import GRAPHS, DeploymentProfile
+from .scratch import make_scratch
 from .spec import GraphSpec
 
 
@@ -50,7 +54,18 @@ def _install(files: list[Path], dest_dir: Path) -> list[Path]:
     dest_dir.mkdir(parents=True, exist_ok=True)
     for f in sorted(files, key=lambda p: p.suffix == ".onnx"):
         os.replace(f, dest_dir / f.name)
+        fault_point("installing")
     return [dest_dir / f.name for f in files]
+
+
+def _write(write: Callable[[Path], list[Path]], scratch: Path, graph: str, out_dir: Path) -> list[Path]:
+    """``write(scratch)``; a full disk or an unwritable folder is one line naming the graph and the folder."""
+    try:
+        return write(scratch)
+    except OSError as err:
+        where = Path(err.filename) if err.filename else scratch
+        raise UserError(f"cannot write the {graph} graph into {out_dir} ({where}): {describe_os_error(err)}; "
+                        f"nothing was installed") from None
 
 
 def install_graph(spec: GraphSpec, sizes: dict[str, int], seconds: float, write: Callable[[Path], list[Path]],
@@ -58,24 +73,29 @@ def install_graph(spec: GraphSpec, sizes: dict[str, int], seconds: float, write:
                   precision: Precision = Precision.FP32, extra: dict | None = None,
                   trt_parse: bool = True) -> ParityReport:
     """Write into a scratch folder, lint, validate, then install and record; a failing graph never replaces a good
-    one (export and quantize both install through here)."""
-    scratch = Path(tempfile.mkdtemp(prefix=f".export-{spec.name}-", dir=out_dir))
+    one (export and quantize both install through here; the caller holds the folder's lock, ``scratch.py``)."""
+    scratch = _write(lambda _: make_scratch(out_dir, spec.name), out_dir, spec.name, out_dir)
     try:
-        files = write(scratch)
+        files = _write(write, scratch, spec.name, out_dir)
+        fault_point("written")
         findings = check_graph(files[0], spec, sizes)
         report = validate(files[0])
         if not report.ok:
             r = report.failures()[0]
             raise CheckFailed(f"{spec.name} failed validation at {r.case}: {r.tensor}: {'; '.join(r.violations)} "
                               f"(the previous graph, if any, is untouched)")
+        fault_point("validated")
         installed = _install(files, out_dir / Precision(precision).value)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    fault_point("installed")
     opset = next(o.version for o in onnx.load(installed[0], load_external_data=False).opset_import
                  if o.domain in ("", "ai.onnx"))
+    hashes = manifest.hash_files(graph_files(installed[0]))
     record = {"file": str(installed[0].relative_to(out_dir)),
               "files": [str(p.relative_to(out_dir)) for p in installed],
-              "bytes": sum(p.stat().st_size for p in installed), "sha256": sha256_file(installed[0]),
+              "bytes": sum(p.stat().st_size for p in installed),
+              "sha256": hashes[installed[0].relative_to(out_dir).as_posix()], "hashes": hashes,
               "seconds": round(seconds, 3), "opset": opset,
               "validated": bool(report.rows), "validation": _summary(report),
               "lint": [f"{f.severity} {f.code} {f.node}: {f.message}" for f in findings],
@@ -83,6 +103,7 @@ def install_graph(spec: GraphSpec, sizes: dict[str, int], seconds: float, write:
               {"checked": False, "reason": "skipped: parsing reads every weight into memory"}}
     manifest.record_graph(spec, sizes, precision, record | (extra or {}))
     manifest.save()
+    fault_point("recorded")
     return report
 
 

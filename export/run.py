@@ -13,6 +13,7 @@ from .exporter import save, trace
 from .install import ExportOptions, check_writable, install_graph
 from .manifest import Manifest
 from .profile import graph_specs
+from .scratch import artifacts_lock
 from .spec import GraphSpec
 from .validate import ort_runner, validate_graph
 
@@ -44,12 +45,13 @@ def export_all(opts: ExportOptions, bundle: ModelBundle | None = None, log=print
     bundle = bundle or load_model(opts.model_dir, with_tokenizer=False)
     specs = graph_specs(bundle.config, opts.profile, opts.graphs)
     check_writable(opts.out_dir)
-    manifest = Manifest.open_for_export(opts.out_dir, bundle.config, opts.profile)
-    report = ParityReport()
-    for name, spec in specs.items():
-        graph_report = export_graph(bundle, spec, opts, manifest)
-        rec = manifest.entry(name)
-        log(f"exported {name}: {rec['bytes'] / 2**20:.2f} MiB in {rec['seconds']:.1f} s"
-            + (f", validated on {rec['validation']['cases']} shapes" if opts.validate else ", not validated"))
-        report.extend(graph_report)
+    with artifacts_lock(opts.out_dir, log):                  # one writer per folder; removes dead runs' scratch
+        manifest = Manifest.open_for_export(opts.out_dir, bundle.config, opts.profile, opts.model_dir)
+        report = ParityReport()
+        for name, spec in specs.items():
+            graph_report = export_graph(bundle, spec, opts, manifest)
+            rec = manifest.entry(name)
+            log(f"exported {name}: {rec['bytes'] / 2**20:.2f} MiB in {rec['seconds']:.1f} s"
+                + (f", validated on {rec['validation']['cases']} shapes" if opts.validate else ", not validated"))
+            report.extend(graph_report)
     return report

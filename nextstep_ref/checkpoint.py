@@ -10,7 +10,7 @@ import torch
 from nextstep_trt.core.errors import UserError
 from nextstep_trt.core.fileio import atomic_dir
 
-from .config import NextStepConfig, load_config, model_config_dict, vae_config_dict
+from .config import NextStepConfig, load_config, model_config_dict, vae_config_dict, vae_folder
 from .model import NextStep
 from .tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 from .vae import AutoEncoder
@@ -20,6 +20,7 @@ from .weights import (
     iter_shard_tensors,
     model_shapes,
     plan_shards,
+    read_safetensors_header,
     safetensors_shapes,
     shard_files,
     shard_name,
@@ -80,6 +81,17 @@ def save_model_folder(out_dir: str | Path, cfg: NextStepConfig, model: NextStep,
                       max_shard_bytes: int = DEFAULT_SHARD_BYTES, vae_format: str = "pt") -> Path:
     """Write config, sharded weights, tokenizer and ``vae/`` atomically (the folder appears complete or not at all)."""
     out_dir = Path(out_dir)
+    try:
+        _write_folder(out_dir, cfg, model, vae, max_shard_bytes, vae_format)
+    except OSError as err:  # disk full, read-only: the folder is left as it was (atomic_dir)
+        from nextstep_trt.core.fileio import describe_os_error
+
+        raise UserError(f"cannot write the model folder {out_dir}: {describe_os_error(err)}") from None
+    return out_dir
+
+
+def _write_folder(out_dir: Path, cfg: NextStepConfig, model: NextStep, vae: AutoEncoder, max_shard_bytes: int,
+                  vae_format: str) -> None:
     with atomic_dir(out_dir) as tmp:
         (tmp / "config.json").write_text(json.dumps(model_config_dict(cfg), indent=2) + "\n")
         save_safetensors_sharded(model.state_dict(), tmp, max_shard_bytes)
@@ -92,32 +104,42 @@ def save_model_folder(out_dir: str | Path, cfg: NextStepConfig, model: NextStep,
             from safetensors.torch import save_file
 
             save_file(vae.state_dict(), str(tmp / "vae" / "model.safetensors"))
-    return out_dir
 
 
 def _load_vae_state(vae_dir: Path) -> dict[str, torch.Tensor]:
+    """The VAE's state dict from ``model.safetensors`` or ``checkpoint.pt``; a damaged file is named in one line."""
     st, pt = vae_dir / "model.safetensors", vae_dir / "checkpoint.pt"
     if st.is_file():
         from safetensors.torch import load_file
 
-        return load_file(str(st))
+        read_safetensors_header(st)
+        try:
+            return load_file(str(st))
+        except Exception as err:  # safetensors' own error type: data the header check cannot see
+            raise UserError(f"cannot load {st}: {str(err).splitlines()[0]}") from None
     if pt.is_file():
         try:
             state = torch.load(pt, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several unrelated types for a bad file
-            raise UserError(f"cannot load {pt}: {str(err).splitlines()[0]}") from None
-        return state.get("state_dict", state) if isinstance(state, dict) else state
+            raise UserError(f"cannot load {pt}: {str(err).splitlines()[0][:300]}") from None
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
+            raise UserError(f"{pt} does not hold a state dict (name -> tensor)")
+        return state
     raise UserError(f"{vae_dir} has neither checkpoint.pt nor model.safetensors")
 
 
 def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, with_tokenizer: bool = True) -> ModelBundle:
     """Load a model folder; every missing, unexpected or misshaped tensor is named in one error."""
+    from nextstep_trt.core.jsonfile import read_json
+
     model_dir = Path(model_dir)
     cfg = load_config(model_dir)
     weight_map = shard_files(model_dir)
     expected = model_shapes(cfg)
     check_keys(safetensors_shapes(model_dir, weight_map), expected, str(model_dir))
-    vae_dir = model_dir / "vae"
+    vae_dir = vae_folder(model_dir, read_json(model_dir / "config.json"))
     vae_state = _load_vae_state(vae_dir)
     check_keys({k: tuple(v.shape) for k, v in vae_state.items()}, vae_shapes(cfg.vae), str(vae_dir))
     with torch.device("meta"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,8 +160,37 @@ _VAE_KEYS = ["resolution", "in_channels", "out_ch", "ch", "ch_mult", "num_res_bl
              "scaling_factor", "shift_factor", "encoder_norm", "psz", "deterministic"]
 
 
-def _pick(raw: dict, pairs, default) -> dict:
-    return {attr: raw.get(key, getattr(default, attr)) for key, attr in pairs}
+# Fields that may be any finite number, and those that must be > 0 (every int must be >= 1, token ids >= 0).
+_ANY_SIGN = {"shift_factor"}
+_POSITIVE = {"rope_theta", "rms_norm_eps", "mlp_ratio"}
+
+
+def _check_value(cls, attr: str, key: str, value, where: str):
+    """``value`` for field ``attr`` of dataclass ``cls`` (read from JSON key ``key``), or a UserError naming it."""
+    kind = {f.name: f.type for f in dataclasses.fields(cls)}[attr]
+    if kind == "bool":
+        ok, need = isinstance(value, bool), "true or false"
+    elif kind == "int":
+        low = 0 if cls is SpecialTokens else 1
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        need = f"an integer >= {low}"
+    elif kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (
+            attr in _ANY_SIGN or (value > 0 if attr in _POSITIVE else value != 0))
+        need = "a finite number" + ("" if attr in _ANY_SIGN else " > 0" if attr in _POSITIVE else " other than 0")
+    else:  # tuple[int, ...]
+        ok = isinstance(value, (list, tuple)) and len(value) > 0 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+        need = "a non-empty list of integers >= 1"
+        value = tuple(value) if ok else value
+    if not ok:
+        raise UserError(f"{where}: {key!r} must be {need}, got {value!r}"[:300])
+    return value
+
+
+def _pick(raw: dict, pairs, default, where: str) -> dict:
+    return {attr: _check_value(type(default), attr, key, raw[key], where) if key in raw else getattr(default, attr)
+            for key, attr in pairs}
 
 
 def model_config_dict(cfg: NextStepConfig) -> dict:
@@ -182,42 +212,47 @@ def vae_config_dict(vae: VAEConfig) -> dict:
     return out
 
 
-def config_from_dicts(model: dict, vae: dict) -> NextStepConfig:
-    """Build a config from the parsed ``config.json`` and ``vae/config.json``; missing fields take Large's values."""
+def config_from_dicts(model: dict, vae: dict, where: str = "config.json",
+                      vae_where: str = "vae/config.json") -> NextStepConfig:
+    """Build a config from the parsed ``config.json`` and ``vae/config.json``; missing fields take Large's values,
+    a present field of the wrong type or range is a UserError naming the file and key."""
+    for raw, name in ((model, where), (vae, vae_where)):
+        if not isinstance(raw, dict):
+            raise UserError(f"{name} must hold a JSON object, not {type(raw).__name__}")
     default = NextStepConfig()
-    backbone = BackboneConfig(**_pick(model, _BACKBONE_KEYS, default.backbone))
-    tokens = SpecialTokens(**_pick(model, _TOKEN_KEYS, default.tokens))
-    latent_channels = model.get("latent_channels", default.latent_channels)
-    patch = model.get("latent_patch_size", default.latent_patch_size)
-    head = HeadConfig(input_dim=latent_channels * patch**2, cond_dim=backbone.hidden_size,
-                      **_pick(model, _HEAD_KEYS, default.head))
-    vae_kwargs = {key: vae[key] for key in _VAE_KEYS if key in vae}
-    if "scale_factor" in vae and "scaling_factor" not in vae:  # Flux's spelling
-        vae_kwargs["scaling_factor"] = vae["scale_factor"]
-    if "ch_mult" in vae_kwargs:
-        vae_kwargs["ch_mult"] = tuple(vae_kwargs["ch_mult"])
-    return NextStepConfig(backbone=backbone, tokens=tokens, head=head, vae=VAEConfig(**vae_kwargs),
-                          latent_channels=latent_channels, latent_patch_size=patch,
-                          use_gen_pos_embed=bool(model.get("use_gen_pos_embed", False)))
+    backbone = BackboneConfig(**_pick(model, _BACKBONE_KEYS, default.backbone, where))
+    if backbone.num_heads % backbone.num_kv_heads:
+        raise UserError(f"{where}: num_attention_heads {backbone.num_heads} is not a multiple of "
+                        f"num_key_value_heads {backbone.num_kv_heads}")
+    tokens = SpecialTokens(**_pick(model, _TOKEN_KEYS, default.tokens, where))
+    top = _pick(model, [(k, k) for k in ("latent_channels", "latent_patch_size", "use_gen_pos_embed")], default, where)
+    head = HeadConfig(input_dim=top["latent_channels"] * top["latent_patch_size"] ** 2, cond_dim=backbone.hidden_size,
+                      **_pick(model, _HEAD_KEYS, default.head, where))
+    vae_raw = dict(vae)
+    if "scale_factor" in vae_raw and "scaling_factor" not in vae_raw:  # Flux's spelling
+        vae_raw["scaling_factor"] = vae_raw["scale_factor"]
+    vae_cfg = VAEConfig(**_pick(vae_raw, [(k, k) for k in _VAE_KEYS], default.vae, vae_where))
+    return NextStepConfig(backbone=backbone, tokens=tokens, head=head, vae=vae_cfg, **top)
 
 
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"model folder is missing {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON: {err}") from None
+def vae_folder(model_dir: Path, model: dict) -> Path:
+    """The VAE folder config.json names (``vae_name_or_path``, default ``vae/``), kept inside the model folder."""
+    from nextstep_trt.core.paths import inside
+
+    return inside(model_dir, model.get("vae_name_or_path", "vae/"), f"{model_dir / 'config.json'}: vae_name_or_path")
 
 
 def load_config(model_dir: str | Path) -> NextStepConfig:
     """Read ``config.json`` and ``vae/config.json`` from a model folder."""
+    from nextstep_trt.core.jsonfile import read_json
+
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise UserError(f"model folder {model_dir} does not exist")
-    model = _read_json(model_dir / "config.json")
-    vae = _read_json(model_dir / model.get("vae_name_or_path", "vae/") / "config.json")
-    cfg = config_from_dicts(model, vae)
+    model = read_json(model_dir / "config.json", "model file")
+    vae_config = vae_folder(model_dir, model) / "config.json"
+    cfg = config_from_dicts(model, read_json(vae_config, "model file"), str(model_dir / "config.json"),
+                            str(vae_config))
     if cfg.use_gen_pos_embed:
         raise UserError(f"{model_dir}: use_gen_pos_embed=true is not supported (NextStep-1-Large does not use it)")
     if cfg.vae.z_channels != cfg.latent_channels:

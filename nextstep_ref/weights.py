@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -114,14 +116,89 @@ def check_keys(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int,
 
 # --- sharded safetensors -------------------------------------------------------------------------------------------
 
+# bytes per element of every safetensors dtype code
+SAFETENSORS_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                        "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+MAX_HEADER_BYTES = 100_000_000     # the safetensors library's own limit
+
+
+@dataclass(frozen=True)
+class HeaderEntry:
+    """One tensor of a safetensors header: dtype code, shape, byte range from the start of the file."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+def _header_bytes(path: Path) -> tuple[bytes, int]:
+    """The raw JSON header of a safetensors file and the file's size; a UserError naming the file otherwise."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise UserError(f"{path}: not a safetensors file ({size} bytes, shorter than its 8-byte header length)")
+            n = int.from_bytes(head, "little")
+            if n > min(size - 8, MAX_HEADER_BYTES):
+                raise UserError(f"{path}: not a safetensors file (claims a {n}-byte header; the file has {size} bytes)")
+            return f.read(n), size
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
+
+
+def read_safetensors_header(path: str | Path) -> tuple[dict[str, HeaderEntry], bytes]:
+    """Every tensor of a safetensors file and the raw header bytes, read from its header only (torch-free): a
+    truncated file, a damaged or foreign header, or a byte range outside the file is a UserError naming it."""
+    path = Path(path)
+    raw, size = _header_bytes(path)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"{path}: damaged safetensors header ({str(err)[:120]})") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{path}: damaged safetensors header (not a JSON object)")
+    out, data_start = {}, 8 + len(raw)
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        ok = isinstance(info, dict) and info.get("dtype") in SAFETENSORS_ITEMSIZE and isinstance(info.get("shape"), list)
+        ok = ok and all(isinstance(d, int) and d >= 0 for d in info["shape"])
+        offsets = info.get("data_offsets") if ok else None
+        ok = ok and isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+        if not ok:
+            raise UserError(f"{path}: damaged safetensors header entry for {key!r}: {json.dumps(info)[:120]}")
+        begin, end = offsets
+        want = math.prod(info["shape"]) * SAFETENSORS_ITEMSIZE[info["dtype"]]
+        if not 0 <= begin <= end or end - begin != want or data_start + end > size:
+            raise UserError(f"{path}: {key} byte range {begin}..{end} does not fit its shape {info['shape']} "
+                            f"{info['dtype']} or the file ({size} bytes; truncated?)")
+        out[key] = HeaderEntry(info["dtype"], tuple(info["shape"]), data_start + begin, data_start + end)
+    return out, raw
+
+
+def read_index(model_dir: Path) -> dict[str, str] | None:
+    """key -> shard file of ``model.safetensors.index.json`` (None when there is no index); every shard name must
+    stay inside the model folder."""
+    from nextstep_trt.core.jsonfile import read_json
+    from nextstep_trt.core.paths import inside
+
+    index = model_dir / INDEX_NAME
+    if not index.exists():
+        return None
+    weight_map = read_json(index, "safetensors index").get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise UserError(f"{index} is not a safetensors index: 'weight_map' must map tensor names to shard files")
+    for shard in set(weight_map.values()):
+        inside(model_dir, shard, f"{index}: shard")
+    return weight_map
+
+
 def shard_files(model_dir: Path) -> dict[str, str]:
     """key -> shard file name, from the index (or the single ``model.safetensors``)."""
-    index = model_dir / INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as err:
-            raise UserError(f"{index} is not a safetensors index: {err}") from None
+    weight_map = read_index(model_dir)
+    if weight_map is not None:
         missing = sorted({f for f in weight_map.values() if not (model_dir / f).is_file()})
         if missing:
             raise UserError(f"{model_dir}: shard(s) named in the index are missing: {', '.join(missing)}")
@@ -129,21 +206,14 @@ def shard_files(model_dir: Path) -> dict[str, str]:
     single = model_dir / "model.safetensors"
     if not single.is_file():
         raise UserError(f"{model_dir} has neither {INDEX_NAME} nor model.safetensors")
-    from safetensors import safe_open
-
-    with safe_open(single, "np") as f:
-        return {k: single.name for k in f.keys()}
+    return {k: single.name for k in read_safetensors_header(single)[0]}
 
 
 def safetensors_shapes(model_dir: Path, weight_map: dict[str, str]) -> dict[str, tuple[int, ...]]:
     """Shapes of every tensor, read from the shard headers only."""
-    from safetensors import safe_open
-
     shapes: dict[str, tuple[int, ...]] = {}
     for shard in sorted(set(weight_map.values())):
-        with safe_open(model_dir / shard, "np") as f:
-            for key in f.keys():
-                shapes[key] = tuple(f.get_slice(key).get_shape())
+        shapes |= {key: e.shape for key, e in read_safetensors_header(model_dir / shard)[0].items()}
     unindexed = sorted(set(shapes) ^ set(weight_map))
     if unindexed:
         raise UserError(f"{model_dir}: index and shards disagree on {len(unindexed)} key(s), e.g. {unindexed[0]}")
@@ -176,6 +246,7 @@ def iter_shard_tensors(model_dir: Path, weight_map: dict[str, str], framework: s
     from safetensors import safe_open
 
     for shard in sorted(set(weight_map.values())):
+        read_safetensors_header(model_dir / shard)          # a damaged header is named before the library sees it
         with safe_open(model_dir / shard, framework) as f:
             for key in f.keys():
                 yield key, f.get_tensor(key)

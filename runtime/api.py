@@ -45,7 +45,9 @@ def open_backend(name: str, model_dir: str | Path | None = None, artifacts: str 
     else:
         raise UserError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
     if model_dir is not None:
-        backend.manifest.check_model(load_config(model_dir))
+        note = backend.manifest.check_model(load_config(model_dir), model_dir)   # same checkpoint, or refused
+        if note:
+            backend._notice(note)
     return backend
 
 

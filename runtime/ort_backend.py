@@ -31,6 +31,7 @@ class OrtBackend(Backend):
         self.manifest = Manifest.load(artifacts)
         self.precision = Precision(precision)
         self.graph_precision = self.manifest.graph_precisions(self.precision)
+        self.manifest.verify(self.graph_precision)   # every graph's bytes as validated, before any work (stamps)
         specs = {g: self.manifest.spec(g, p) for g, p in self.graph_precision.items()}
         super().__init__(self.manifest.config, specs)
         fallback = sorted(g for g, p in self.graph_precision.items() if p != self.precision)

@@ -13,6 +13,7 @@ from nextstep_trt.core.precision import Precision
 from nextstep_trt.core.report import ParityReport
 from nextstep_trt.export.exporter import dedupe_initializers
 from nextstep_trt.export.manifest import Manifest
+from nextstep_trt.export.scratch import artifacts_lock
 from nextstep_trt.ref.checkpoint import ModelBundle, load_model
 
 from .autocast import FP16_SAFE_MAX, cast_summary, mixed_precision
@@ -103,11 +104,17 @@ def _make(model: onnx.ModelProto, opts: QuantizeOptions, ranges: RangeCollector 
 
 def quantize_all(opts: QuantizeOptions, bundle: ModelBundle | None = None, log=print) -> dict[str, dict]:
     """Make, validate and install every requested graph at ``opts.precision``; returns the manifest records."""
+    Manifest.load(opts.artifacts)                         # not an artifacts folder: refused before taking its lock
+    with artifacts_lock(opts.artifacts, log):             # one writer per folder; dead runs' scratch removed
+        return _quantize_locked(opts, bundle, log)
+
+
+def _quantize_locked(opts: QuantizeOptions, bundle: ModelBundle | None, log) -> dict[str, dict]:
     manifest = Manifest.load(opts.artifacts)
     names = select_graphs(manifest, opts.precision, opts.graphs, log)
     prompts = list(DEFAULT_PROMPTS) + (read_prompts(opts.calib_file) if opts.calib_file else [])
     bundle = bundle or load_model(opts.model_dir)
-    manifest.check_model(bundle.config)
+    manifest.check_model(bundle.config, opts.model_dir)
     models = {g: onnx.load(manifest.path(g)) for g in names}
     params = {k: v.detach().float().numpy() for k, v in bundle.model.state_dict().items()}
     choices = {g: choose_linears(models[g], params, list(opts.exclude or FP8_EXCLUDE)) for g in names} \
