@@ -79,3 +79,16 @@ def describe_os_error(err: OSError) -> str:
         if where is not None and where.exists():
             text += f" ({shutil.disk_usage(where).free / 2**20:.1f} MiB free on {where})"
     return text
+
+
+def check_output_file(path: str | Path, option: str) -> None:
+    """Refuse, before any work, an output path that is a folder or whose parent cannot take a new file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; name a file")
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = next((p for p in [parent, *parent.parents] if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise UserError(f"{option} {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: {existing} is not writable")

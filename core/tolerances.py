@@ -103,10 +103,17 @@ def graph_bound(graph: str, precision: Precision, tensor: str | None = None) -> 
         special = TENSOR_BOUNDS.get((graph, Precision(precision), tensor.split(".")[0]))
         if special is not None:
             return special
-    try:
-        return GRAPH_BOUNDS[(graph, Precision(precision))]
-    except KeyError:
-        raise UserError(f"no tolerance is defined for graph {graph} at {Precision(precision).value}") from None
+    p = Precision(precision)
+    bound = GRAPH_BOUNDS.get((graph, p)) or GRAPH_BOUNDS.get((graph_kind(graph), p))
+    if bound is None:
+        raise UserError(f"no tolerance is defined for graph {graph} at {p.value}")
+    return bound
+
+
+def graph_kind(graph: str) -> str:
+    """The table row a graph falls under: every fused sampler (head_sampler, head_sampler_edit_text, ...) shares
+    head_sampler's bounds unless it has its own row."""
+    return "head_sampler" if graph.startswith("head_sampler") else graph
 
 
 def loop_bound(precision: Precision) -> Bound:

@@ -11,7 +11,7 @@ from nextstep_trt.ref.checkpoint import ModelBundle
 from nextstep_trt.ref.sampler import sample_token
 
 from . import graphs
-from .profile import DeploymentProfile, sampler_of
+from .profile import SAMPLERS, DeploymentProfile, guidance_of, sampler_of
 from .spec import GraphSpec, kv_names
 
 Feeds = dict[str, np.ndarray]
@@ -54,11 +54,24 @@ def backbone_feeds(bundle: ModelBundle, spec: GraphSpec, rows: int, seq: int, pa
     return feeds
 
 
+CASE_ROWS = 4   # the larger batch size validation tries, inside the exported range
+
+
+def case_sizes(spec: GraphSpec, dim: str) -> list[int]:
+    """The sizes of a batch-like dim that level-1 cases use: its min and min(CASE_ROWS, its max) over the spec's
+    profiles, so validation, calibration and bench stay inside whatever profile was exported."""
+    dims = [p.dim(dim) for p in spec.profiles if dim in {d.name for d in p.dims}]
+    lo, hi = min(d.min for d in dims), max(d.max for d in dims)
+    return sorted({lo, max(lo, min(CASE_ROWS, hi))})
+
+
 def backbone_cases(bundle, spec, profile, rng) -> list[Case]:
     cap, seq_max = spec.attrs["kv_capacity"], spec.attrs["max_prompt_tokens"]
-    shapes = [(1, 0), (7, 0), (seq_max, 0), (1, 1), (1, cap // 2), (1, cap - 1), (7, cap // 2)]
+    shapes = [(1, 0), (min(7, seq_max), 0), (seq_max, 0), (1, 1), (1, cap // 2), (1, cap - 1),
+              (min(7, seq_max), cap // 2)]
+    shapes = list(dict.fromkeys(shapes))                       # a short profile repeats some shapes
     return [Case(f"rows={rows} seq={seq} past={past}", backbone_feeds(bundle, spec, rows, seq, past, rng))
-            for rows in (1, 4) for seq, past in shapes]
+            for rows in case_sizes(spec, "rows") for seq, past in shapes]
 
 
 # --- head -----------------------------------------------------------------------------------------------------------
@@ -66,7 +79,7 @@ def backbone_cases(bundle, spec, profile, rng) -> list[Case]:
 def head_step_cases(bundle, spec, profile, rng) -> list[Case]:
     cfg = bundle.config
     out = []
-    for rows in (1, 4):
+    for rows in case_sizes(spec, "rows"):
         feeds = {"x": rng.standard_normal((rows, cfg.token_dim)).astype(np.float32),
                  "t": rng.random(rows).astype(np.float32),
                  "cond": rng.standard_normal((rows, cfg.backbone.hidden_size)).astype(np.float32)}
@@ -75,14 +88,15 @@ def head_step_cases(bundle, spec, profile, rng) -> list[Case]:
 
 
 def head_sampler_cases(bundle, spec, profile, rng) -> list[Case]:
-    cfg, r = bundle.config, spec.attrs["cfg_rows"]
+    cfg, guidance = bundle.config, guidance_of(spec)
     steps = sampler_of(spec).steps
     out = []
-    for batch in (1, 4):
-        feeds = {"cond": rng.standard_normal((r * batch, cfg.backbone.hidden_size)).astype(np.float32),
-                 "noise": rng.standard_normal((steps + 1, batch, cfg.token_dim)).astype(np.float32),
-                 "cfg": rng.uniform(1.0, 8.0, batch).astype(np.float32)}
-        if r == 3:
+    for batch in case_sizes(spec, "batch"):
+        feeds = {"cond": rng.standard_normal((guidance.rows * batch, cfg.backbone.hidden_size)).astype(np.float32),
+                 "noise": rng.standard_normal((steps + 1, batch, cfg.token_dim)).astype(np.float32)}
+        if guidance.rows > 1:
+            feeds["cfg"] = rng.uniform(1.0, 8.0, batch).astype(np.float32)
+        if guidance.rows > 2:
             feeds["cfg_img"] = rng.uniform(1.0, 3.0, batch).astype(np.float32)
         out.append(Case(f"batch={batch}", feeds))
     return out
@@ -92,8 +106,8 @@ def head_sampler_reference(bundle, spec, feeds: Feeds) -> Feeds:
     """The reference sampler, step by step with full head calls (not the hoisted graph module)."""
     t = {k: torch.from_numpy(v) for k, v in feeds.items()}
     with torch.no_grad():
-        token = sample_token(bundle.model.image_head, t["cond"], t["noise"], sampler_of(spec), t["cfg"],
-                             t.get("cfg_img"))
+        token = sample_token(bundle.model.image_head, t["cond"], t["noise"], sampler_of(spec), guidance_of(spec),
+                             t.get("cfg"), t.get("cfg_img"))
     return {"token": token.numpy()}
 
 
@@ -103,7 +117,7 @@ def vae_cases(bundle, spec, profile: DeploymentProfile, rng) -> list[Case]:
     cfg, f = bundle.config, bundle.config.vae.downsample
     out = []
     for h, w in profile.resolutions:
-        for batch in sorted({1, min(4, profile.max_batch)}):
+        for batch in case_sizes(spec, "batch"):
             if spec.name == "vae_decoder":
                 feeds = {"latents": rng.standard_normal((batch, cfg.latent_channels, h // f, w // f)).astype(np.float32)}
             else:
@@ -161,12 +175,8 @@ class Component:
 COMPONENTS: dict[str, Component] = {
     "backbone": Component("backbone", lambda b, s: graphs.BackboneGraph(b.model), backbone_cases),
     "head_step": Component("head_step", lambda b, s: graphs.HeadStepGraph(b.model.image_head), head_step_cases),
-    "head_sampler": Component(
-        "head_sampler", lambda b, s: graphs.HeadSamplerGraph(b.model.image_head, sampler_of(s), edit=False),
-        head_sampler_cases, head_sampler_reference),
-    "head_sampler_edit": Component(
-        "head_sampler_edit", lambda b, s: graphs.HeadSamplerGraph(b.model.image_head, sampler_of(s), edit=True),
-        head_sampler_cases, head_sampler_reference),
+    **{name: Component(name, lambda b, s: graphs.HeadSamplerGraph(b.model.image_head, sampler_of(s), guidance_of(s)),
+                       head_sampler_cases, head_sampler_reference) for name in SAMPLERS},
     "vae_decoder": Component("vae_decoder", lambda b, s: graphs.VaeDecoderGraph(b.vae), vae_cases),
     "vae_encoder": Component("vae_encoder", lambda b, s: graphs.VaeEncoderGraph(b.vae), vae_cases),
 }

@@ -22,6 +22,8 @@ from onnx import TensorProto
 from nextstep_trt.core.errors import UserError
 from nextstep_trt.core.resources import require_disk
 
+from .profile import SAMPLERS
+
 CHUNK_BYTES = 1 << 26             # bytes read, converted or compared at a time
 ALIGN = 4096                      # offsets in a written .data file (ONNX recommends page alignment for mmap)
 CODES = {"F32": (TensorProto.FLOAT, torch.float32), "BF16": (TensorProto.BFLOAT16, torch.bfloat16),
@@ -33,7 +35,7 @@ TORCH_TO_ONNX = {dt: onnx_type for onnx_type, dt in CODES.values()}
 # graph -> (prefix of the wrapper module's parameter names, prefix of the checkpoint keys). VAE keys are those of
 # vae/checkpoint.pt; the rest are keys of the sharded model. ``CastIO`` adds "inner." in front of every name.
 PREFIXES = {"backbone": ("model.", ""), "head_step": ("head.", "image_head."),
-            "head_sampler": ("net.", "image_head.net."), "head_sampler_edit": ("net.", "image_head.net."),
+            **{name: ("net.", "image_head.net.") for name in SAMPLERS},
             "vae_decoder": ("vae.", ""), "vae_encoder": ("vae.", "")}
 VAE_GRAPHS = ("vae_decoder", "vae_encoder")
 

@@ -6,12 +6,20 @@ from torch import nn
 
 from nextstep_trt.ref.head import FlowMatchingHead, token_norm
 from nextstep_trt.ref.model import NextStep
-from nextstep_trt.ref.sampling import SamplerConfig, run_sampler, sampler_steps
+from nextstep_trt.ref.sampling import Guidance, SamplerConfig, run_sampler, sampler_steps
 from nextstep_trt.ref.vae import AutoEncoder
+
+from .fuse import fuse_sibling_linears
 
 
 class BackboneGraph(nn.Module):
-    """(ids, image tokens, masks, positions, past K/V per layer) -> (cond, new K/V per layer). Prefill and decode."""
+    """(ids, image tokens, masks, positions, past K/V per layer) -> (cond, new K/V per layer). Prefill and decode.
+
+    ``onnx_rewrites`` run on the traced ONNX model (exporter.trace, metatrace.trace_meta): the q/k/v and the
+    gate/up projections of every layer become one MatMul each (fuse.py), a decode step's kernel count drops and
+    ONNX Runtime / TensorRT read the layer's input once."""
+
+    onnx_rewrites = (fuse_sibling_linears,)
 
     def __init__(self, model: NextStep):
         super().__init__()
@@ -40,21 +48,21 @@ class HeadSamplerGraph(nn.Module):
     The condition embedding is computed once per call; the time embeddings of the fixed grid are constants.
     """
 
-    def __init__(self, head: FlowMatchingHead, sampler: SamplerConfig, edit: bool):
+    def __init__(self, head: FlowMatchingHead, sampler: SamplerConfig, guidance: Guidance):
         super().__init__()
-        self.net, self.sampler, self.edit = head.net, sampler, edit
+        self.net, self.sampler, self.guidance = head.net, sampler, guidance
         grid = torch.tensor([s.t for s in sampler_steps(sampler)], dtype=torch.float32)
         with torch.no_grad():
             temb = self.net.time_embed(grid)                                          # [N,dim]
         self.register_buffer("time_embeddings", temb, persistent=False)
 
-    def forward(self, cond, noise, cfg, cfg_img=None):
+    def forward(self, cond, noise, cfg=None, cfg_img=None):
         y_cond = self.net.cond_embed(cond)                                            # [R*B,dim]
 
         def velocity(x: torch.Tensor, k: int) -> torch.Tensor:
             return self.net.velocity(x, self.time_embeddings[k][None] + y_cond)
 
-        return run_sampler(velocity, noise, self.sampler, cfg, cfg_img if self.edit else None, norm=token_norm)
+        return run_sampler(velocity, noise, self.sampler, self.guidance, cfg, cfg_img, norm=token_norm)
 
 
 class VaeDecoderGraph(nn.Module):

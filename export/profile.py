@@ -6,14 +6,34 @@ from dataclasses import dataclass, field
 
 from nextstep_trt.core.errors import UserError
 from nextstep_trt.ref.config import NextStepConfig
-from nextstep_trt.ref.sampling import SamplerConfig, SamplerVariant
+from nextstep_trt.ref.sampling import Guidance, SamplerConfig, SamplerVariant
 
 from .spec import Dim, GraphSpec, Profile, TensorSpec, kv_names
 
 # Prompt-template tokens around the text: "<|image_area|>" + digits "rr*cc" + BOI (and EOI for an input image).
 TEMPLATE_TOKENS = 16
-GRAPHS = ("backbone", "head_step", "head_sampler", "head_sampler_edit", "vae_decoder", "vae_encoder")
-EDIT_GRAPHS = ("head_sampler_edit", "vae_encoder")
+
+
+@dataclass(frozen=True)
+class SamplerGraph:
+    """One fused sampler graph: the profile sampler it fixes (text-to-image or editing) and its CFG layout."""
+
+    name: str
+    edit: bool
+    guidance: Guidance
+
+
+# Every (task, guidance) the official pipeline can run gets its own fused graph (sampling.Guidance).
+SAMPLER_GRAPHS = (
+    SamplerGraph("head_sampler", False, Guidance.TEXT),
+    SamplerGraph("head_sampler_nocfg", False, Guidance.NONE),
+    SamplerGraph("head_sampler_edit", True, Guidance.TEXT_IMAGE),
+    SamplerGraph("head_sampler_edit_text", True, Guidance.TEXT),
+    SamplerGraph("head_sampler_edit_nocfg", True, Guidance.NONE),
+)
+SAMPLERS = {g.name: g for g in SAMPLER_GRAPHS}
+GRAPHS = ("backbone", "head_step", *SAMPLERS, "vae_decoder", "vae_encoder")
+EDIT_GRAPHS = (*(g.name for g in SAMPLER_GRAPHS if g.edit), "vae_encoder")
 
 
 @dataclass(frozen=True)
@@ -82,6 +102,13 @@ def sampler_of(spec: GraphSpec) -> SamplerConfig:
     return SamplerConfig(**{**s, "variant": SamplerVariant(s["variant"])})
 
 
+def guidance_of(spec: GraphSpec) -> Guidance:
+    """The CFG layout a head_sampler graph combines (graphs exported before layouts existed: 2 rows text, 3 image)."""
+    if "guidance" in spec.attrs:
+        return Guidance(spec.attrs["guidance"])
+    return Guidance.TEXT_IMAGE if spec.attrs["cfg_rows"] == 3 else Guidance.TEXT
+
+
 def _f32(name, *axes):
     return TensorSpec(name, "float32", tuple(axes))
 
@@ -112,18 +139,20 @@ def head_step_spec(cfg: NextStepConfig, prof: DeploymentProfile) -> GraphSpec:
                      (_f32("v", "rows", d),), (Profile("step", (rows,)),))
 
 
-def head_sampler_spec(cfg: NextStepConfig, prof: DeploymentProfile, edit: bool) -> GraphSpec:
-    r = 3 if edit else 2
-    sampler = prof.edit_sampler if edit else prof.t2i_sampler
+def head_sampler_spec(cfg: NextStepConfig, prof: DeploymentProfile, graph: SamplerGraph) -> GraphSpec:
+    r = graph.guidance.rows
+    sampler = prof.edit_sampler if graph.edit else prof.t2i_sampler
     batch = Dim("batch", 1, prof.opt_batch, prof.max_batch)
-    cond_rows = Dim("cond_rows", r, r * prof.opt_batch, r * prof.max_batch)
     d = cfg.token_dim
-    inputs = [_f32("cond", "cond_rows", cfg.backbone.hidden_size), _f32("noise", sampler.steps + 1, "batch", d),
-              _f32("cfg", "batch")] + ([_f32("cfg_img", "batch")] if edit else [])
-    attrs = {"cfg_rows": r, "sampler": {**dataclasses.asdict(sampler), "variant": sampler.variant.value},
-             "derived": {"cond_rows": ("batch", r)}}
-    return GraphSpec("head_sampler_edit" if edit else "head_sampler", tuple(inputs), (_f32("token", "batch", d),),
-                     (Profile("sampler", (batch, cond_rows)),), attrs)
+    scales = {Guidance.NONE: [], Guidance.TEXT: ["cfg"], Guidance.TEXT_IMAGE: ["cfg", "cfg_img"]}[graph.guidance]
+    rows = "batch" if r == 1 else "cond_rows"              # one row per image: the cond rows are the batch
+    inputs = [_f32("cond", rows, cfg.backbone.hidden_size), _f32("noise", sampler.steps + 1, "batch", d),
+              *(_f32(name, "batch") for name in scales)]
+    dims = (batch,) if r == 1 else (batch, Dim("cond_rows", r, r * prof.opt_batch, r * prof.max_batch))
+    attrs = {"cfg_rows": r, "guidance": graph.guidance.value,
+             "sampler": {**dataclasses.asdict(sampler), "variant": sampler.variant.value},
+             "derived": {} if r == 1 else {"cond_rows": ("batch", r)}}
+    return GraphSpec(graph.name, tuple(inputs), (_f32("token", "batch", d),), (Profile("sampler", dims),), attrs)
 
 
 def _vae_dims(cfg: NextStepConfig, prof: DeploymentProfile) -> tuple[Dim, ...]:
@@ -154,7 +183,6 @@ def graph_specs(cfg: NextStepConfig, prof: DeploymentProfile, names=GRAPHS) -> d
     if unknown:
         raise UserError(f"unknown graph(s) {', '.join(unknown)}; choose from {', '.join(GRAPHS)}")
     makers = {"backbone": lambda: backbone_spec(cfg, prof), "head_step": lambda: head_step_spec(cfg, prof),
-              "head_sampler": lambda: head_sampler_spec(cfg, prof, edit=False),
-              "head_sampler_edit": lambda: head_sampler_spec(cfg, prof, edit=True),
+              **{g.name: (lambda g=g: head_sampler_spec(cfg, prof, g)) for g in SAMPLER_GRAPHS},
               "vae_decoder": lambda: vae_decoder_spec(cfg, prof), "vae_encoder": lambda: vae_encoder_spec(cfg, prof)}
     return {n: makers[n]() for n in names if prof.edit or n not in EDIT_GRAPHS}

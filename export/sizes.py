@@ -6,7 +6,7 @@ import math
 from nextstep_trt.ref.config import NextStepConfig
 from nextstep_trt.ref.weights import backbone_shapes, head_shapes, model_shapes, vae_shapes
 
-from .profile import DeploymentProfile, graph_specs
+from .profile import SAMPLER_GRAPHS, DeploymentProfile, graph_specs
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
 
@@ -23,9 +23,9 @@ def graph_parameters(cfg: NextStepConfig, profile: DeploymentProfile) -> dict[st
     head = _count(head_shapes(cfg.head))
     time_mlp = _count(head_shapes(cfg.head), lambda k: ".time_embed." in k)
     vae = vae_shapes(cfg.vae)
+    sampler_steps = {g.name: (profile.edit_sampler if g.edit else profile.t2i_sampler).steps for g in SAMPLER_GRAPHS}
     out = {"backbone": backbone + projectors, "head_step": head,
-           "head_sampler": head - time_mlp + profile.t2i_sampler.steps * cfg.head.dim,
-           "head_sampler_edit": head - time_mlp + profile.edit_sampler.steps * cfg.head.dim,
+           **{name: head - time_mlp + steps * cfg.head.dim for name, steps in sampler_steps.items()},
            "vae_decoder": _count(vae, lambda k: k.startswith("decoder.")),
            "vae_encoder": _count(vae, lambda k: k.startswith("encoder."))}
     return {name: out[name] for name in graph_specs(cfg, profile)}

@@ -1,6 +1,8 @@
 """The prompt template of the official pipeline, as numpy arrays (torch-free).
 
-Rows are branch-major: [cond x B] + [uncond x B] (+ [uncond2 x B] for editing), B = prompts x images per prompt.
+Rows are branch-major, B = prompts x images per prompt, in the official ``_build_captions`` layout
+(``sampling.Guidance``): [cond x B] alone at cfg = 1; + [negative x B] for text guidance; editing with image
+guidance: [image + instruction x B] + [image + negative x B] + [negative x B].
 Each row is left-padded text, then ``<|image_area|>{rows}*{cols}`` and ``<|begin_of_image|>``.
 Position ids count the pad slots (arange over the whole row); pads are masked only as keys.
 """
@@ -14,7 +16,10 @@ import numpy as np
 from nextstep_trt.core.errors import UserError
 
 from .config import SpecialTokens
+from .sampling import Guidance
 from .tokenizer import SPECIAL_STRINGS
+
+IMAGE_TAG = "<image>"   # where the input image goes in an edit instruction (the official caption syntax)
 
 
 @dataclass(frozen=True)
@@ -23,7 +28,12 @@ class PromptBatch:
     token_mask: np.ndarray     # [R*B,L] int64, 1 = real token, 0 = left pad
     image_mask: np.ndarray     # [R*B,L] bool, placeholder slots that take input-image tokens (editing)
     position_ids: np.ndarray   # [R*B,L] int64
-    cfg_rows: int              # R: 2 for text-to-image, 3 for editing
+    guidance: Guidance         # the branch layout; R = guidance.rows
+
+    @property
+    def cfg_rows(self) -> int:
+        """R: rows per image (1, 2 or 3)."""
+        return self.guidance.rows
 
     @property
     def batch(self) -> int:
@@ -46,7 +56,7 @@ def _area_suffix(tokenizer, tokens: SpecialTokens, grid: tuple[int, int]) -> lis
     return ids + [tokens.boi]
 
 
-def _pack(rows: list[list[int]], tokens: SpecialTokens, cfg_rows: int, max_tokens: int | None) -> PromptBatch:
+def _pack(rows: list[list[int]], tokens: SpecialTokens, guidance: Guidance, max_tokens: int | None) -> PromptBatch:
     length = max(len(r) for r in rows)
     if max_tokens is not None and length > max_tokens:
         raise UserError(f"prompt is {length} tokens, over the budget of {max_tokens}")
@@ -56,7 +66,7 @@ def _pack(rows: list[list[int]], tokens: SpecialTokens, cfg_rows: int, max_token
         ids[i, length - len(r):] = r
         mask[i, length - len(r):] = 1
     positions = np.broadcast_to(np.arange(length, dtype=np.int64), ids.shape).copy()
-    return PromptBatch(ids, mask, ids == tokens.placeholder, positions, cfg_rows)
+    return PromptBatch(ids, mask, ids == tokens.placeholder, positions, guidance)
 
 
 def _negatives(negative: str | Sequence[str], n: int) -> list[str]:
@@ -78,37 +88,53 @@ def _check_prompts(prompts: list[str]) -> None:
 
 def text_to_image_prompt(tokenizer, tokens: SpecialTokens, prompts: list[str], grid: tuple[int, int],
                          positive: str = "", negative: str | Sequence[str] = "", images_per_prompt: int = 1,
-                         max_tokens: int | None = None) -> PromptBatch:
-    """cond row: caption (+ " " + positive); uncond row: the negative prompt (empty by default; one per prompt
-    when a list)."""
+                         max_tokens: int | None = None, guidance: Guidance = Guidance.TEXT) -> PromptBatch:
+    """cond row: caption (+ " " + positive); with text guidance an uncond row: the negative prompt (empty by
+    default; one per prompt when a list)."""
     _check_prompts(prompts)
+    if guidance is Guidance.TEXT_IMAGE:
+        raise UserError("image guidance (cfg-img) needs an input image: text-to-image has text guidance only")
     suffix = _area_suffix(tokenizer, tokens, grid)
     cond = [_ids(tokenizer, p + (" " + positive if positive else "")) + suffix for p in prompts]
-    uncond = [_ids(tokenizer, n) + suffix for n in _negatives(negative, len(prompts))]
     rows = [r for r in cond for _ in range(images_per_prompt)]
-    uncond_rows = [r for r in uncond for _ in range(images_per_prompt)]
-    return _pack(rows + uncond_rows, tokens, 2, max_tokens)
+    if guidance is Guidance.TEXT:
+        uncond = [_ids(tokenizer, n) + suffix for n in _negatives(negative, len(prompts))]
+        rows += [r for r in uncond for _ in range(images_per_prompt)]
+    return _pack(rows, tokens, guidance, max_tokens)
+
+
+def place_image(instruction: str, image: str) -> str:
+    """The instruction with the image string at its ``<image>`` tag (exactly one, as the official pipeline
+    asserts), or in front of it when it has none (the official examples write ``"<image>" + instruction``)."""
+    count = instruction.count(IMAGE_TAG)
+    if count > 1:
+        raise UserError(f"the instruction has {count} {IMAGE_TAG} tags; editing takes one input image (one tag)")
+    return instruction.replace(IMAGE_TAG, image, 1) if count else image + instruction
 
 
 def edit_prompt(tokenizer, tokens: SpecialTokens, instructions: list[str], grid: tuple[int, int],
                 positive: str = "", negative: str | Sequence[str] = "", images_per_prompt: int = 1,
-                max_tokens: int | None = None) -> PromptBatch:
-    """Three branches: [image + instruction (+ positive)] [image + negative] [negative only].
+                max_tokens: int | None = None, guidance: Guidance = Guidance.TEXT_IMAGE) -> PromptBatch:
+    """[image + instruction (+ positive)], then with text guidance [negative only], or with image guidance
+    [image + negative] [negative only].
 
     The input image enters as ``<|image_area|>h*w <boi> <placeholder> x (h*w) <eoi>``; ``image_mask`` marks the
-    placeholder slots of the first two branches, which take the input image's tokens in raster order.
+    placeholder slots of the rows that carry the image, which take its tokens in raster order.
     """
     _check_prompts(instructions)
     n = grid[0] * grid[1]
     image = (f"{SPECIAL_STRINGS['image_area']}{grid[0]}*{grid[1]}{SPECIAL_STRINGS['boi']}"
              + SPECIAL_STRINGS["placeholder"] * n + SPECIAL_STRINGS["eoi"])
     suffix = _area_suffix(tokenizer, tokens, grid)
-    cond = [_ids(tokenizer, image + p + (" " + positive if positive else "")) + suffix for p in instructions]
+    cond = [_ids(tokenizer, place_image(p, image) + (" " + positive if positive else "")) + suffix
+            for p in instructions]
     negatives = [n for n in _negatives(negative, len(instructions)) for _ in range(images_per_prompt)]
     rows = [r for r in cond for _ in range(images_per_prompt)]
-    uncond1 = [_ids(tokenizer, image + n) + suffix for n in negatives]
-    uncond2 = [_ids(tokenizer, n) + suffix for n in negatives]
-    return _pack(rows + uncond1 + uncond2, tokens, 3, max_tokens)
+    if guidance is Guidance.TEXT_IMAGE:
+        rows += [_ids(tokenizer, image + n) + suffix for n in negatives]
+    if guidance is not Guidance.NONE:
+        rows += [_ids(tokenizer, n) + suffix for n in negatives]
+    return _pack(rows, tokens, guidance, max_tokens)
 
 
 def scatter_image_tokens(prompt: PromptBatch, image_tokens: np.ndarray) -> np.ndarray:

@@ -21,6 +21,37 @@ class CfgSchedule(str, enum.Enum):
     LINEAR = "linear"  # 1 + (cfg - 1) * (N_tok - k) / N_tok: decays to 1 over the image (HF / GH-old)
 
 
+class Guidance(str, enum.Enum):
+    """The CFG branches, as the official ``_build_captions`` lays them out (rows are branch-major).
+
+    ``none``: cfg = 1, one row per image, v = v_c (no unconditional row is built).
+    ``text``: [cond | negative text], v = v_u + cfg (v_c - v_u) (text-to-image, and editing at cfg_img = 1,
+    where the unconditional row is the negative prompt *without* the image).
+    ``text-image``: [image + instruction | image + negative | negative], v = v_u2 + cfg_img (v_u1 - v_u2)
+    + cfg (v_c - v_u1) (editing at cfg > 1 and cfg_img > 1).
+    """
+
+    NONE = "none"
+    TEXT = "text"
+    TEXT_IMAGE = "text-image"
+
+    @property
+    def rows(self) -> int:
+        """R: rows per image in every backbone and head call."""
+        return {"none": 1, "text": 2, "text-image": 3}[self.value]
+
+
+def guidance_for(edit: bool, cfg: float, cfg_img: float = 1.0) -> Guidance:
+    """The official branch layout for (task, cfg, cfg_img); cfg = 1 with cfg_img > 1 is refused (the official
+    pipeline builds one row but its head counts two branches and fails)."""
+    if cfg == 1.0:
+        if edit and cfg_img != 1.0:
+            raise UserError(f"cfg-img {cfg_img:g} needs cfg > 1: at cfg = 1 the official pipeline builds no "
+                            "unconditional rows (use --cfg-img 1 for no guidance, or raise --cfg)")
+        return Guidance.NONE
+    return Guidance.TEXT_IMAGE if edit and cfg_img != 1.0 else Guidance.TEXT
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     """What a fused sampler graph fixes at export."""
@@ -71,10 +102,21 @@ def sde_noise_scale(step: Step) -> float:
 
 
 def cfg_at(cfg: float, token_index: int, n_tokens: int, schedule: CfgSchedule) -> float:
-    """The guidance scale for one image token under a schedule."""
+    """The guidance scale for one image token under a schedule (the official code schedules cfg_img the same way)."""
     if schedule is CfgSchedule.CONSTANT:
         return cfg
     return 1.0 + (cfg - 1.0) * (n_tokens - token_index) / n_tokens
+
+
+def token_scales(guidance: Guidance, cfgs: list[float], cfg_imgs: list[float], token_index: int, n_tokens: int,
+                 schedule: CfgSchedule) -> tuple[list[float] | None, list[float] | None]:
+    """Per image, (cfg, cfg_img) of one token under the schedule; None where the layout has no such branch."""
+    if guidance is Guidance.NONE:
+        return None, None
+    cfg = [cfg_at(c, token_index, n_tokens, schedule) for c in cfgs]
+    if guidance is Guidance.TEXT:
+        return cfg, None
+    return cfg, [cfg_at(c, token_index, n_tokens, schedule) for c in cfg_imgs]
 
 
 # --- the sampler, written once for numpy arrays and torch tensors -----------------------------------------------------
@@ -90,22 +132,24 @@ def _xp(x):
     return numpy
 
 
-def combine_cfg(v, cfg, cfg_img=None):
-    """Velocities of R stacked branches [R*B,D] -> guided [B,D]; cfg, cfg_img are [B].
+def combine_cfg(v, guidance: Guidance, cfg=None, cfg_img=None):
+    """Velocities of the R stacked branches [R*B,D] -> guided [B,D]; cfg, cfg_img are [B] (official order).
 
-    2-way (T2I):  v_u + cfg (v_c - v_u)
-    3-way (edit): v_u2 + cfg_img (v_u1 - v_u2) + cfg (v_c - v_u1)
+    none:       v_c
+    text:       v_u + cfg (v_c - v_u)
+    text-image: v_u2 + cfg_img (v_u1 - v_u2) + cfg (v_c - v_u1)
     """
-    rows = 2 if cfg_img is None else 3
-    branches = v.reshape(rows, -1, v.shape[-1])                               # [R,B,D]
-    if cfg_img is None:
+    if guidance is Guidance.NONE:
+        return v
+    branches = v.reshape(guidance.rows, -1, v.shape[-1])                      # [R,B,D]
+    if guidance is Guidance.TEXT:
         v_c, v_u = branches[0], branches[1]
         return v_u + cfg[:, None] * (v_c - v_u)
     v_c, v_u1, v_u2 = branches[0], branches[1], branches[2]
     return v_u2 + cfg_img[:, None] * (v_u1 - v_u2) + cfg[:, None] * (v_c - v_u1)
 
 
-def run_sampler(velocity_fn: Callable, noise, sampler: SamplerConfig, cfg, cfg_img=None,
+def run_sampler(velocity_fn: Callable, noise, sampler: SamplerConfig, guidance: Guidance, cfg=None, cfg_img=None,
                 norm: Callable | None = None):
     """All sampler steps for one token: noise [N+1,B,D] -> token [B,D] (numpy or torch).
 
@@ -113,11 +157,11 @@ def run_sampler(velocity_fn: Callable, noise, sampler: SamplerConfig, cfg, cfg_i
     ``sampler.use_norm``. The SDE update x += ((1 + t) v - x) dt + sqrt(2 (1 - t) dt) xi is the official score
     form (score = (t v - x) / (1 - t), drift = v + (1 - t) score) with the algebra done.
     """
-    rows = 2 if cfg_img is None else 3
     xp = _xp(noise)
     x = noise[0]                                                              # [B,D]
     for k, step in enumerate(sampler_steps(sampler)):
-        v = combine_cfg(velocity_fn(xp.tile(x, (rows, 1)), k), cfg, cfg_img)    # [B,D]
+        xs = x if guidance.rows == 1 else xp.tile(x, (guidance.rows, 1))       # [R*B,D]
+        v = combine_cfg(velocity_fn(xs, k), guidance, cfg, cfg_img)            # [B,D]
         if step.stochastic:
             x = x + ((1.0 + step.t) * v - x) * step.dt + sde_noise_scale(step) * noise[k + 1]
         else:

@@ -16,6 +16,22 @@ COMMANDS = {
 }
 
 
+# a module that is missing -> the extra that installs it (pyproject.toml)
+EXTRAS = {"torch": "torch", "onnxscript": "torch", "onnx_graphsurgeon": "torch", "polygraphy": "torch",
+          "modelopt": "quant", "tensorrt_rtx": "rtx", "tensorrt": "trt", "cuda": "rtx-runtime",
+          "pytriton": "serve", "tritonclient": "serve", "onnxruntime_genai": "peer", "diffusers": "test"}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's help ends with its default, except where there is none to show (required, unset, switches)."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default is None or action.default is argparse.SUPPRESS \
+                or isinstance(action.default, bool) or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _module(command: str):
     return importlib.import_module(f"nextstep_trt.commands.{COMMANDS[command]}")
 
@@ -25,7 +41,8 @@ def build_parser(available: dict[str, object]) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in available.items():
-        sub = subs.add_parser(name, help=module.HELP[name])
+        sub = subs.add_parser(name, help=module.HELP[name], description=module.HELP[name],
+                              formatter_class=HelpFormatter)
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         module.add_arguments(name, sub)
     return parser
@@ -52,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"nextstep-trt {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except ModuleNotFoundError as err:
+        top = (err.name or "").split(".")[0]
+        if args.debug or top not in EXTRAS:
+            raise
+        print(f"nextstep-trt {args.command}: error: this needs {top}, which this install lacks: "
+              f'pip install -e ".[{EXTRAS[top]}]" -c constraints.txt', file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"nextstep-trt {args.command}: interrupted", file=sys.stderr)
         return 130

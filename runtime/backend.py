@@ -11,10 +11,10 @@ import abc
 import numpy as np
 
 from nextstep_trt.core.errors import UserError
-from nextstep_trt.export.profile import sampler_of
+from nextstep_trt.export.profile import SAMPLERS, guidance_of, sampler_of
 from nextstep_trt.export.spec import GraphSpec, kv_names
 from nextstep_trt.ref.config import NextStepConfig
-from nextstep_trt.ref.sampling import SamplerConfig, run_sampler, sampler_steps
+from nextstep_trt.ref.sampling import Guidance, SamplerConfig, run_sampler, sampler_steps
 
 Feeds = dict[str, np.ndarray]
 
@@ -26,12 +26,14 @@ def layer_norm(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return ((x - mean) / np.sqrt(var + eps)).astype(x.dtype)
 
 
-def check_finite(array: np.ndarray, what: str, step: int | None = None) -> None:
-    """Stop on NaN/Inf and say where."""
-    if not np.isfinite(array).all():
-        bad = int((~np.isfinite(array)).sum())
-        at = f" at token {step}" if step is not None else ""
-        raise UserError(f"{bad} NaN/Inf value(s) in {what}{at}: the computation diverged")
+def sampler_feeds(cond, noise, guidance: Guidance, cfg, cfg_img) -> Feeds:
+    """The inputs of a fused sampler graph of this layout."""
+    feeds = {"cond": cond, "noise": noise}
+    if guidance is not Guidance.NONE:
+        feeds["cfg"] = cfg
+    if guidance is Guidance.TEXT_IMAGE:
+        feeds["cfg_img"] = cfg_img
+    return feeds
 
 
 class HostKVCache:
@@ -135,30 +137,32 @@ class Backend(abc.ABC):
         """One head_step call: v [rows,D]."""
         return self.run("head_step", {"x": x, "t": t, "cond": cond})["v"]
 
-    def fused_sampler(self, sampler: SamplerConfig, edit: bool) -> str | None:
-        """The fused sampler graph exported for exactly this sampler, if any."""
-        name = "head_sampler_edit" if edit else "head_sampler"
-        spec = self.specs.get(name)
-        return name if spec is not None and sampler_of(spec) == sampler else None
+    def fused_sampler(self, sampler: SamplerConfig, guidance: Guidance) -> str | None:
+        """The fused sampler graph exported for exactly this sampler and CFG layout, if any."""
+        for name in SAMPLERS:
+            spec = self.specs.get(name)
+            if spec is not None and guidance_of(spec) is guidance and sampler_of(spec) == sampler:
+                return name
+        return None
 
-    def sample(self, cond, noise, cfg, cfg_img, sampler: SamplerConfig) -> np.ndarray:
-        """One image token [B,D]: the fused graph when it matches ``sampler``, else N head_step calls."""
-        edit = cfg_img is not None
-        fused = self.fused_sampler(sampler, edit)
+    def sample(self, cond, noise, guidance: Guidance, cfg, cfg_img, sampler: SamplerConfig) -> np.ndarray:
+        """One image token [B,D]: the fused graph when one matches ``sampler`` and ``guidance``, else N head_step
+        calls (said once in ``notices``). cond [R*B,H], noise [N+1,B,D], cfg / cfg_img [B] or None."""
+        fused = self.fused_sampler(sampler, guidance)
         if fused is not None:
-            feeds = {"cond": cond, "noise": noise, "cfg": cfg} | ({"cfg_img": cfg_img} if edit else {})
-            return self.run(fused, feeds)["token"]
-        self._notice(f"no fused sampler for {sampler}; running head_step once per step")
-        return self.sample_steps(cond, noise, cfg, cfg_img, sampler)
+            return self.run(fused, sampler_feeds(cond, noise, guidance, cfg, cfg_img))["token"]
+        self._notice(f"no fused sampler for {sampler} with {guidance.value} guidance; running head_step once per "
+                     "step")
+        return self.sample_steps(cond, noise, guidance, cfg, cfg_img, sampler)
 
-    def sample_steps(self, cond, noise, cfg, cfg_img, sampler: SamplerConfig) -> np.ndarray:
+    def sample_steps(self, cond, noise, guidance: Guidance, cfg, cfg_img, sampler: SamplerConfig) -> np.ndarray:
         """One image token [B,D] through N head_step calls (the per-step loop; the fallback of ``sample``)."""
         grid = [s.t for s in sampler_steps(sampler)]
 
         def velocity(x: np.ndarray, k: int) -> np.ndarray:
             return self.velocity(x, np.full(x.shape[0], grid[k], np.float32), cond)
 
-        return run_sampler(velocity, noise, sampler, cfg, cfg_img, norm=layer_norm).astype(np.float32)
+        return run_sampler(velocity, noise, sampler, guidance, cfg, cfg_img, norm=layer_norm).astype(np.float32)
 
     # --- VAE -------------------------------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import numpy as np
 from nextstep_trt.export.profile import DeploymentProfile
 from nextstep_trt.ref.config import NextStepConfig
 from nextstep_trt.ref.latents import token_grid
-from nextstep_trt.ref.noise import NoiseSource, image_seeds
+from nextstep_trt.ref.noise import make_noise
 from nextstep_trt.ref.options import EDIT_DEFAULTS, GenerationOptions
 from nextstep_trt.ref.prompt import edit_prompt, text_to_image_prompt
 
@@ -31,34 +31,44 @@ def _resolutions(profile: DeploymentProfile) -> list[tuple[int, int]]:
 
 
 def _noise(cfg: NextStepConfig, opts: GenerationOptions, n_prompts: int, n_tok: int) -> np.ndarray:
-    src = NoiseSource(image_seeds(opts.seed, n_prompts, opts.images_per_prompt), opts.steps, cfg.token_dim)
+    src = make_noise(opts, n_prompts, cfg.token_dim)
     return np.stack([src.next() for _ in range(n_tok)])
+
+
+# (cfg, cfg_img) of the editing cases: every branch layout the official pipeline builds (sampling.Guidance)
+EDIT_GUIDANCE = ((2.0, 1.5), (2.0, 1.0), (1.0, 1.0))
 
 
 def loop_cases(tokenizer, cfg: NextStepConfig, profile: DeploymentProfile, cfg_scale: float = 2.0,
                edit: bool = True) -> list[LoopCase]:
-    """Text-to-image at up to two profile resolutions (two prompts at the first) and one editing case; sampler
-    settings are the exported ones, so the fused graphs run. Edit cases carry the source image only: the
-    reference fills in its encoder's tokens."""
+    """Text-to-image at up to two profile resolutions (two prompts at the first), once more without guidance
+    (cfg = 1), and an editing case per guidance layout; sampler settings are the exported ones, so the fused
+    graphs run. Edit cases carry the source image only: the reference fills in its encoder's tokens."""
     out = []
     t2i = profile.t2i_sampler
-    for i, (h, w) in enumerate(_resolutions(profile)):
-        prompts = PROMPTS if i == 0 and profile.max_batch >= 2 else PROMPTS[:1]
-        opts = GenerationOptions(height=h, width=w, cfg=cfg_scale, steps=t2i.steps, shift=t2i.shift,
+    sizes = _resolutions(profile)
+    t2i_cases = [(f"t2i {h}x{w}", (h, w), cfg_scale, 2 if i == 0 else 1) for i, (h, w) in enumerate(sizes)]
+    t2i_cases.append((f"t2i {sizes[0][0]}x{sizes[0][1]} cfg=1", sizes[0], 1.0, 1))
+    for label, (h, w), scale, n in t2i_cases:
+        prompts = PROMPTS[:n if profile.max_batch >= n else 1]
+        opts = GenerationOptions(height=h, width=w, cfg=scale, steps=t2i.steps, shift=t2i.shift,
                                  sampler=t2i.variant, use_norm=t2i.use_norm, seed=7)
         grid = token_grid(h, w, cfg.pixels_per_token)
-        prompt = text_to_image_prompt(tokenizer, cfg.tokens, prompts, grid)
-        out.append(LoopCase(f"t2i {h}x{w} b{len(prompts)}", opts, prompt,
+        prompt = text_to_image_prompt(tokenizer, cfg.tokens, prompts, grid, guidance=opts.guidance(edit=False))
+        out.append(LoopCase(f"{label} b{len(prompts)}", opts, prompt,
                             _noise(cfg, opts, len(prompts), grid[0] * grid[1])))
     if edit and profile.edit:
-        h, w = _resolutions(profile)[0]
+        h, w = sizes[0]
         s = profile.edit_sampler
-        opts = GenerationOptions(**{**EDIT_DEFAULTS, "shift": s.shift}, height=h, width=w, cfg=cfg_scale,
-                                 cfg_img=1.5, steps=s.steps, sampler=s.variant, use_norm=s.use_norm, seed=11)
-        grid = token_grid(h, w, cfg.pixels_per_token)
-        prompt = edit_prompt(tokenizer, cfg.tokens, [INSTRUCTION], grid, negative=opts.negative_prompt)
-        out.append(LoopCase(f"edit {h}x{w}", opts, prompt, _noise(cfg, opts, 1, grid[0] * grid[1]),
-                            source_image=source_image(h, w)[None]))
+        for scale, scale_img in EDIT_GUIDANCE:
+            opts = GenerationOptions(**{**EDIT_DEFAULTS, "shift": s.shift}, height=h, width=w, cfg=scale,
+                                     cfg_img=scale_img, steps=s.steps, sampler=s.variant, use_norm=s.use_norm,
+                                     seed=11)
+            grid = token_grid(h, w, cfg.pixels_per_token)
+            prompt = edit_prompt(tokenizer, cfg.tokens, [INSTRUCTION], grid, negative=opts.negative_prompt,
+                                 guidance=opts.guidance(edit=True))
+            out.append(LoopCase(f"edit {h}x{w} cfg={scale:g} cfg_img={scale_img:g}", opts, prompt,
+                                _noise(cfg, opts, 1, grid[0] * grid[1]), source_image=source_image(h, w)[None]))
     for i, case in enumerate(out):
         case.index = i
     return out

@@ -32,6 +32,9 @@ class ReplayNoise:
         self.k += 1
         return self.draws[self.k - 1]
 
+    def posterior(self, shape, dtype: str = "float32") -> None:
+        """Nothing: replayed noise has no generator to advance."""
+
 
 @dataclass
 class LoopCase:

@@ -8,7 +8,7 @@ from nextstep_trt.export.components import COMPONENTS
 from nextstep_trt.export.profile import GRAPHS, DeploymentProfile, graph_specs
 from nextstep_trt.ref.checkpoint import ModelBundle
 from nextstep_trt.ref.sampler import sample_token
-from nextstep_trt.ref.sampling import SamplerConfig
+from nextstep_trt.ref.sampling import Guidance, SamplerConfig
 
 from .backend import Backend, Feeds
 
@@ -33,8 +33,9 @@ class TorchBackend(Backend):
         out = out if isinstance(out, (tuple, list)) else (out,)
         return {n: t.numpy() for n, t in zip(spec.output_names, out)}
 
-    def sample(self, cond, noise, cfg, cfg_img, sampler: SamplerConfig) -> np.ndarray:
+    def sample(self, cond, noise, guidance: Guidance, cfg, cfg_img, sampler: SamplerConfig) -> np.ndarray:
         """The reference sampler: a full head call per step."""
         t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
         with torch.no_grad():
-            return sample_token(self.bundle.model.image_head, t(cond), t(noise), sampler, t(cfg), t(cfg_img)).numpy()
+            return sample_token(self.bundle.model.image_head, t(cond), t(noise), sampler, guidance, t(cfg),
+                                t(cfg_img)).float().numpy()

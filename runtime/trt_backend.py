@@ -16,9 +16,9 @@ from nextstep_trt.core.errors import UserError
 from nextstep_trt.core.precision import Precision
 from nextstep_trt.export.manifest import Manifest, sha256_file
 from nextstep_trt.export.spec import GraphSpec
-from nextstep_trt.ref.sampling import SamplerConfig
+from nextstep_trt.ref.sampling import Guidance, SamplerConfig
 
-from .backend import Backend, Feeds
+from .backend import Backend, Feeds, sampler_feeds
 
 
 class TrtEngine:
@@ -273,12 +273,12 @@ class TrtBackend(Backend):
         self.kv.write({n: addr[n.replace("past_", "new_")] for n in self.kv.names}, input_ids.shape[1], token_mask)
         return eng.fetch(profile, ["cond"], role)["cond"]
 
-    def sample(self, cond, noise, cfg, cfg_img, sampler: SamplerConfig) -> np.ndarray:
+    def sample(self, cond, noise, guidance: Guidance, cfg, cfg_img, sampler: SamplerConfig) -> np.ndarray:
         """The fused sampler as a CUDA graph per batch size; the head_step fallback otherwise."""
-        fused = self.fused_sampler(sampler, cfg_img is not None)
+        fused = self.fused_sampler(sampler, guidance)
         if fused is None:
-            return super().sample(cond, noise, cfg, cfg_img, sampler)
-        feeds = {"cond": cond, "noise": noise, "cfg": cfg} | ({"cfg_img": cfg_img} if cfg_img is not None else {})
+            return super().sample(cond, noise, guidance, cfg, cfg_img, sampler)
+        feeds = sampler_feeds(cond, noise, guidance, cfg, cfg_img)
         eng = self.engine(fused)
         addr = {n: eng.buffer(n, "run", eng.max_sizes()) for n in eng.spec.input_names + eng.spec.output_names}
         shapes = {n: a.shape for n, a in feeds.items()}

@@ -2,7 +2,6 @@
 (height, width, steps) group, with a separate result or error for every request (torch-free)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,12 +10,14 @@ import numpy as np
 from nextstep_trt.core.errors import UserError
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.ref.latents import token_grid
-from nextstep_trt.ref.options import GenerationOptions
+from nextstep_trt.core.choices import check_int, check_text
+from nextstep_trt.ref.options import LIMITS, GenerationOptions, check_scale
 from nextstep_trt.ref.prompt import edit_prompt, text_to_image_prompt
+from nextstep_trt.ref.sampling import Guidance, guidance_for
 from nextstep_trt.runtime.backend import Backend
 from nextstep_trt.runtime.loop import Request, run_request
 
-from .limits import SEED_MAX, ServeLimits, serve_limits
+from .limits import ServeLimits, serve_limits
 
 Inputs = dict[str, np.ndarray]     # one Triton request: input name -> array with the batch dim first
 
@@ -33,12 +34,13 @@ class Job:
     seed: int
     cfg: float
     cfg_img: float
+    guidance: Guidance
     image: np.ndarray | None = None      # uint8 [H,W,3] to edit
 
     @property
-    def group(self) -> tuple[int, int, int]:
-        """Jobs with the same group run in one batched loop."""
-        return self.height, self.width, self.steps
+    def group(self) -> tuple:
+        """Jobs with the same group run in one batched loop (one branch layout: the rows per image must agree)."""
+        return self.height, self.width, self.steps, self.guidance
 
 
 def _column(inputs: Inputs, name: str, n: int, default) -> list:
@@ -53,20 +55,10 @@ def _column(inputs: Inputs, name: str, n: int, default) -> list:
 
 
 def _text(value, name: str, cap: int) -> str:
-    raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+    raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass")
     if len(raw) > cap:
         raise UserError(f"{name} is {len(raw)} bytes; the cap is {cap}")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{name} is not valid UTF-8") from None
-
-
-def _guidance(value, name: str) -> float:
-    v = float(value)
-    if not (math.isfinite(v) and v >= 1.0):
-        raise UserError(f"{name} must be a finite number >= 1, got {v}")
-    return v
+    return check_text(name, raw)
 
 
 class BatchRunner:
@@ -106,32 +98,30 @@ class BatchRunner:
         prompts = [_text(x, "prompt", lim.max_prompt_bytes) for x in _column(inputs, "prompt", n, "")]
         negatives = [_text(x, "negative_prompt", lim.max_prompt_bytes)
                      for x in _column(inputs, "negative_prompt", n, lim.default_negative)]
-        steps = [int(x) for x in _column(inputs, "steps", n, lim.sampler.steps)]
-        seeds = [int(x) for x in _column(inputs, "seed", n, lim.default_seed)]
-        cfgs = [_guidance(x, "cfg") for x in _column(inputs, "cfg", n, lim.default_cfg)]
-        cfg_imgs = [_guidance(x, "cfg_img") for x in _column(inputs, "cfg_img", n, lim.default_cfg_img)]
+        steps = [check_int("steps", x, *LIMITS["steps"]) for x in _column(inputs, "steps", n, lim.sampler.steps)]
+        seeds = [check_int("seed", x, *LIMITS["seed"]) for x in _column(inputs, "seed", n, lim.default_seed)]
+        cfgs = [check_scale("cfg", x) for x in _column(inputs, "cfg", n, lim.default_cfg)]
+        cfg_imgs = [check_scale("cfg_img", x) for x in _column(inputs, "cfg_img", n, lim.default_cfg_img)]
+        layouts = [guidance_for(lim.edit, c, ci) for c, ci in zip(cfgs, cfg_imgs)]
         lim.check_size(heights[0], widths[0])
         for s in steps:
             lim.check_steps(s)
-        for seed in seeds:
-            if not 0 <= seed <= SEED_MAX:
-                raise UserError(f"seed {seed} is outside 0..{SEED_MAX}")
-        for p, neg in zip(prompts, negatives):
-            self._check_tokens(p, neg, heights[0], widths[0])
+        for p, neg, g in zip(prompts, negatives, layouts):
+            self._check_tokens(p, neg, heights[0], widths[0], g)
         return [Job(prompts[i], negatives[i], heights[i], widths[i], steps[i], seeds[i], cfgs[i], cfg_imgs[i],
-                    None if images is None else images[i]) for i in range(n)]
+                    layouts[i], None if images is None else images[i]) for i in range(n)]
 
-    def _check_tokens(self, prompt: str, negative: str, height: int, width: int) -> None:
+    def _check_tokens(self, prompt: str, negative: str, height: int, width: int, guidance: Guidance) -> None:
         """Build this image's prompt rows alone: empty prompts and over-long ones fail here, not in a batch."""
         grid = token_grid(height, width, self.limits.pixels_per_token)
         make = edit_prompt if self.limits.edit else text_to_image_prompt
         make(self.tokenizer, self.backend.config.tokens, [prompt], grid, negative=negative,
-             max_tokens=self.limits.max_prompt_tokens)
+             max_tokens=self.limits.max_prompt_tokens, guidance=guidance)
 
     # --- running ---------------------------------------------------------------------------------------------------
 
     def run_group(self, jobs: list[Job]) -> np.ndarray:
-        """One batched loop for jobs that share height, width and steps: uint8 [B,H,W,3]."""
+        """One batched loop for jobs that share height, width, steps and guidance layout: uint8 [B,H,W,3]."""
         first, sampler = jobs[0], self.limits.sampler
         opts = GenerationOptions(height=first.height, width=first.width, steps=first.steps, shift=sampler.shift,
                                  sampler=sampler.variant, use_norm=sampler.use_norm)
@@ -185,8 +175,10 @@ class BatchRunner:
         """One image at the smallest exported size, so the first request does not pay for session creation."""
         h, w = min(self.limits.resolutions, key=lambda r: r[0] * r[1])
         image = np.zeros((h, w, 3), np.uint8) if self.limits.edit else None
-        self.run_group([Job("warm up", self.limits.default_negative, h, w, self.limits.sampler.steps, 0,
-                            self.limits.default_cfg, self.limits.default_cfg_img, image)])
+        lim = self.limits
+        guidance = guidance_for(lim.edit, lim.default_cfg, lim.default_cfg_img)
+        self.run_group([Job("warm up", lim.default_negative, h, w, lim.sampler.steps, 0, lim.default_cfg,
+                            lim.default_cfg_img, guidance, image)])
 
     def close(self) -> None:
         self.backend.close()

@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from nextstep_trt.core.errors import UserError
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.export.profile import DeploymentProfile
-from nextstep_trt.ref.options import EDIT_DEFAULTS
+from nextstep_trt.ref.options import EDIT_DEFAULTS, SEED_MAX
 from nextstep_trt.ref.sampling import SamplerConfig
 
 T2I_MODEL, EDIT_MODEL = "nextstep_t2i", "nextstep_edit"
 PROMPT_BYTES_PER_TOKEN = 32     # a prompt longer than this many bytes per allowed token is refused before tokenizing
-SEED_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,7 @@ def serve_limits(manifest: Manifest, edit: bool, max_batch: int | None = None) -
     if max_batch is not None and not 1 <= max_batch <= profile.max_batch:
         raise UserError(f"--max-batch {max_batch} is outside 1..{profile.max_batch} (the exported max batch)")
     graphs = manifest.graphs
-    needed = ("backbone", "vae_decoder") + (("head_sampler_edit", "vae_encoder") if edit else ("head_sampler",))
+    needed = ("backbone", "vae_decoder") + (("vae_encoder",) if edit else ())
     missing = [g for g in needed if g not in graphs]
     if missing:
         raise UserError(f"{manifest.root} has no {', '.join(missing)} graph: cannot serve "
@@ -125,6 +124,7 @@ def serve_limits(manifest: Manifest, edit: bool, max_batch: int | None = None) -
 
 
 def served_models(manifest: Manifest) -> list[str]:
-    """nextstep_t2i always; nextstep_edit when the VAE encoder and the edit sampler were exported."""
-    edit = all(g in manifest.graphs for g in ("vae_encoder", "head_sampler_edit"))
+    """nextstep_t2i always; nextstep_edit when the VAE encoder was exported (each guidance layout runs its fused
+    sampler when it was exported, head_step otherwise)."""
+    edit = "vae_encoder" in manifest.graphs
     return [T2I_MODEL] + ([EDIT_MODEL] if edit else [])

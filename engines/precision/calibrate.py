@@ -20,6 +20,7 @@ from nextstep_trt.export.profile import DeploymentProfile
 from nextstep_trt.ref.checkpoint import ModelBundle
 from nextstep_trt.ref.options import EDIT_DEFAULTS, GenerationOptions
 from nextstep_trt.ref.sampling import SamplerConfig
+from nextstep_trt.runtime.backend import sampler_feeds
 from nextstep_trt.runtime.loop import Request, run_request
 from nextstep_trt.runtime.torch_backend import TorchBackend
 
@@ -74,13 +75,14 @@ class RecordingBackend(TorchBackend):
         self.sink(graph, feeds)
         return super().run(graph, feeds)
 
-    def sample(self, cond, noise, cfg, cfg_img, sampler: SamplerConfig) -> np.ndarray:
+    def sample(self, cond, noise, guidance, cfg, cfg_img, sampler: SamplerConfig) -> np.ndarray:
         """Record the fused sampler's inputs, then the reference sampler's head calls while it runs."""
-        fused = {"cond": cond, "noise": noise, "cfg": cfg} | ({"cfg_img": cfg_img} if cfg_img is not None else {})
-        self.sink("head_sampler_edit" if cfg_img is not None else "head_sampler", fused)
+        fused = self.fused_sampler(sampler, guidance)
+        if fused is not None:
+            self.sink(fused, sampler_feeds(cond, noise, guidance, cfg, cfg_img))
         hook = self.bundle.model.image_head.register_forward_pre_hook(self._head_inputs)
         try:
-            return super().sample(cond, noise, cfg, cfg_img, sampler)
+            return super().sample(cond, noise, guidance, cfg, cfg_img, sampler)
         finally:
             hook.remove()
 

@@ -15,11 +15,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnx
 
+from nextstep_trt.export.profile import SAMPLERS
+
 from .naming import linear_nodes, matches, node_parameters
 
 E4M3_MAX = 448.0
 FP8_OPSET = 19            # the first opset whose QuantizeLinear/DequantizeLinear take FLOAT8E4M3FN
-FP8_GRAPHS = ("backbone", "head_step", "head_sampler", "head_sampler_edit")
+FP8_GRAPHS = ("backbone", "head_step", *SAMPLERS)
 
 # Parameters (state-dict key globs) whose linear layers stay high precision; ``--exclude`` replaces this list.
 FP8_EXCLUDE = [

@@ -16,7 +16,7 @@ RESOLUTIONS = "32x32,48x32,64x64"
 def add_arguments(name: str, p) -> None:
     p.add_argument("--out", default="nextstep-demo", help="output folder (default: ./nextstep-demo)")
     p.add_argument("--steps", type=int, default=3, help="sampler steps (fixed in the exported sampler)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and of generation")
 
 
 def _timed(log: dict, key: str, fn):

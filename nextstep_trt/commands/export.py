@@ -14,15 +14,17 @@ def add_profile_arguments(p) -> None:
 
     d = DeploymentProfile()
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="images per call")
-    p.add_argument("--opt-batch", type=int, default=d.opt_batch)
-    p.add_argument("--max-text-tokens", type=int, default=d.max_text_tokens)
+    p.add_argument("--opt-batch", type=int, default=d.opt_batch, help="batch the TensorRT profiles optimise for")
+    p.add_argument("--max-text-tokens", type=int, default=d.max_text_tokens,
+                   help="longest caption / negative prompt, in tokens")
     p.add_argument("--resolutions", default=",".join(f"{h}x{w}" for h, w in d.resolutions),
                    help="comma-separated HEIGHTxWIDTH list the VAE graphs and KV capacity are sized for")
     p.add_argument("--steps", type=int, default=d.t2i_sampler.steps, help="sampler steps fixed in the fused graphs")
     p.add_argument("--shift", type=float, default=d.t2i_sampler.shift, help="timestep shift of head_sampler")
     p.add_argument("--edit-shift", type=float, default=d.edit_sampler.shift, help="timestep shift of head_sampler_edit")
-    p.add_argument("--sampler", default="hf", choices=["hf", "gh"])
-    p.add_argument("--no-use-norm", dest="use_norm", action="store_false")
+    p.add_argument("--sampler", default="hf", choices=["hf", "gh"], help="sampler variant the fused samplers fix")
+    p.add_argument("--no-use-norm", dest="use_norm", action="store_false",
+                   help="fused samplers without the per-token LayerNorm (default: with)")
     p.add_argument("--no-edit", dest="edit", action="store_false", help="skip the editing graphs")
 
 
@@ -50,9 +52,11 @@ def profile_from_args(args):
 
 
 def add_arguments(name: str, p) -> None:
+    from .flags import comma_list
+
     p.add_argument("--model", required=True, help="model folder (official layout)")
     p.add_argument("--out", required=True, help="artifacts folder")
-    p.add_argument("--graphs", default=None, help="comma-separated subset of the graphs (default: all)")
+    p.add_argument("--graphs", type=comma_list, metavar="A,B", help="comma-separated subset of the graphs (default: all)")
     p.add_argument("--external-data", action="store_true", help="always write weights as external data")
     p.add_argument("--no-validate", dest="validate", action="store_false", help="skip the ORT-vs-torch check")
     p.add_argument("--report", help="write the validation report as JSON")
@@ -71,7 +75,7 @@ def run(args) -> int:
     from nextstep_trt.export.profile import GRAPHS
     from nextstep_trt.export.run import ExportOptions, export_all
 
-    graphs = tuple(g.strip() for g in args.graphs.split(",")) if args.graphs else GRAPHS
+    graphs = args.graphs or GRAPHS
     opts = ExportOptions(Path(args.model), Path(args.out), graphs, profile_from_args(args), args.validate,
                          True if args.external_data or args.low_memory else None, low_memory=args.low_memory,
                          dtype=Precision.parse(args.dtype))

@@ -7,13 +7,13 @@ HELP = {"init-tiny": "write a random-weight model folder (official layout); --pr
 
 def add_arguments(name: str, p) -> None:
     p.add_argument("out_dir", help="folder to create (replaced atomically if it exists)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     if name == "init-model":
-        p.add_argument("--preset", default="large", choices=["large", "bench", "tiny"])
+        p.add_argument("--preset", default="large", choices=["large", "bench", "tiny"], help="architecture preset")
         p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="storage dtype of the weights")
         p.add_argument("--shard-gb", type=float, default=5.0, help="safetensors shard size in GB")
     else:
-        p.add_argument("--preset", default="tiny", choices=["tiny", "bench"])
+        p.add_argument("--preset", default="tiny", choices=["tiny", "bench"], help="architecture preset")
 
 
 def run(args) -> int:

@@ -16,8 +16,8 @@ BACKENDS = ("onnxruntime", "tensorrt")
 def _repo_arguments(p) -> None:
     p.add_argument("--model", required=True, help="model folder (config and tokenizer are taken from it)")
     p.add_argument("--artifacts", required=True, help="exported artifacts folder")
-    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
-    p.add_argument("--precision", default="fp32")
+    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS, help="backend the served loop runs on")
+    p.add_argument("--precision", default="fp32", help="graph precision")
     p.add_argument("--max-batch", type=int, help="images per batch (default and upper bound: the exported max)")
     p.add_argument("--max-queue-delay-ms", type=float, default=50.0, help="dynamic batcher: wait this long to fill")
     p.add_argument("--instances", type=int, default=1, help="model instances (each runs its own loop)")
@@ -28,8 +28,8 @@ def _repo_arguments(p) -> None:
 def add_arguments(name: str, p) -> None:
     if name == "client":
         p.add_argument("--url", default="http://127.0.0.1:8000", help="http://HOST:PORT or grpc://HOST:PORT")
-        p.add_argument("--prompt", required=True)
-        p.add_argument("--negative-prompt")
+        p.add_argument("--prompt", required=True, help="the prompt (or the edit instruction with --image)")
+        p.add_argument("--negative-prompt", help="the unconditional branch's text (default: the server's)")
         p.add_argument("--image", help="input image: edit it with nextstep_edit (resized to --height x --width)")
         for flag, kind in (("--height", int), ("--width", int), ("--steps", int), ("--seed", int),
                            ("--cfg", float), ("--cfg-img", float)):
@@ -44,9 +44,9 @@ def add_arguments(name: str, p) -> None:
                        help="how the artifacts get into the repository (hardlink falls back to copy)")
         return
     p.add_argument("--host", default="127.0.0.1", help="address every endpoint binds (default: loopback only)")
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--http-port", type=int, default=8000, help="KServe v2 HTTP port")
+    p.add_argument("--grpc-port", type=int, default=8001, help="KServe v2 gRPC port")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
     p.add_argument("--log-verbose", type=int, default=0, help="Triton log level (1 logs every batch)")
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for the models to load")
     p.add_argument("--exit-timeout", type=int, default=20,

@@ -19,15 +19,19 @@ def add_arguments(name: str, p) -> None:
         add_profile_arguments(p)
         return
     p.add_argument("--artifacts", required=True, help="artifacts folder (manifest.json)")
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="model folder: compute the reference live with PyTorch")
     src.add_argument("--golden", help="golden folder from `nextstep-trt record` (no PyTorch needed)")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"],
+                   help="backend whose graphs are checked")
     p.add_argument("--precision", default="fp32",
                    help="fp32, fp16, bf16 or fp8 (bf16 on the CPU runs in the ONNX reference evaluator)")
     p.add_argument("--levels", default="1,2,3", help="comma-separated subset of 1,2,3")
     p.add_argument("--report", help="write the full report as JSON")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="ONNX Runtime execution provider")
+    p.add_argument("--integrity", action="store_true",
+                   help="hash every graph and external-data file (and with --model the model folder's files) in full "
+                        "against the manifest, whatever the load-time stamps say; alone, or before the levels")
     p.add_argument("--mark-intermediates", action="store_true",
                    help="also compare every intermediate tensor of each precision graph with its fp32 graph on the "
                         "first level-1 case and name the worst layer")
@@ -43,7 +47,39 @@ def _levels(text: str) -> tuple[int, ...]:
     return levels
 
 
+def _run_integrity(args) -> None:
+    """Every recorded file hashed in full (stamps refreshed); a CheckFailed naming the first that differs."""
+    from nextstep_trt.core.errors import CheckFailed
+    from nextstep_trt.export.manifest import Manifest
+    from nextstep_trt.ref.config import load_config
+
+    manifest = Manifest.load(args.artifacts, force_hash=True)
+    checks = manifest.check_all_files()
+    for c in checks:
+        print(f"  {'ok' if c.ok else 'NO'}  {c.path}: {c.detail}")
+    problems = [f"{c.path}: {c.detail}" for c in checks if not c.ok]
+    if args.model:
+        try:
+            note = manifest.check_model(load_config(args.model), args.model)
+            print(f"  ok  model folder {args.model}: same files as at export" + (f" ({note})" if note else ""))
+        except UserError as err:
+            print(f"  NO  model folder {args.model}: {err}")
+            problems.append(str(err))
+    hashed = manifest.hashes
+    print(f"integrity: {len(checks)} artifact files, {len(hashed.hashed)} files ({hashed.hashed_bytes / 1e9:.2f} GB) "
+          f"hashed in full, {len(problems)} problem(s)")
+    if problems:
+        raise CheckFailed(f"integrity: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1
+                                                          else ""))
+
+
 def _run_verify(args) -> int:
+    if args.integrity:
+        _run_integrity(args)
+        if not (args.model or args.golden):
+            return 0
+    elif not (args.model or args.golden):
+        raise UserError("verify needs --model or --golden (the reference), or --integrity alone")
     from nextstep_trt.core.fileio import write_json
     from nextstep_trt.runtime.api import open_backend
     from nextstep_trt.runtime.verify import verify_backend
@@ -90,7 +126,7 @@ def _run_record(args) -> int:
     bundle = load_model(args.model)
     if args.artifacts:
         manifest = Manifest.load(args.artifacts)
-        manifest.check_model(bundle.config)
+        manifest.check_model(bundle.config, args.model)
         profile, names = manifest.profile, manifest.graphs
     else:
         profile, names = profile_from_args(args), None

@@ -6,6 +6,7 @@ import pytest
 from engine_helpers import build, copy_artifacts, needs_rtx
 
 from nextstep_trt.export.manifest import Manifest, sha256_file
+from nextstep_trt.export.profile import GRAPHS
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +21,7 @@ def test_every_fp32_graph_builds_for_cc_89(built):
     import tensorrt_rtx
 
     art, records = built
-    assert set(records) == {"backbone", "head_step", "head_sampler", "head_sampler_edit", "vae_decoder",
-                            "vae_encoder"}
+    assert set(records) == set(GRAPHS)
     for graph, rec in records.items():
         m = rec.manifest
         plan = rec.folder / "engine.plan"

@@ -49,22 +49,24 @@ def test_fused_sampler_equals_stepwise_reference(tiny_artifacts, tiny_bundle):
     """ORT's one-call sampler vs the reference sampler run step by step (full head call per step), same noise."""
     art, _ = tiny_artifacts
     manifest = Manifest.load(art)
-    from nextstep_trt.export.profile import sampler_of
+    from nextstep_trt.export.profile import SAMPLERS, guidance_of, sampler_of
 
-    for graph, rows in (("head_sampler", 2), ("head_sampler_edit", 3)):
+    for graph in SAMPLERS:                     # every guidance layout: none, text, text + image
         spec = manifest.spec(graph)
+        guidance = guidance_of(spec)
         rng = np.random.default_rng(5)
         b = 3
-        feeds = {"cond": rng.standard_normal((rows * b, 64)).astype(np.float32),
-                 "noise": rng.standard_normal((4, b, 16)).astype(np.float32),
-                 "cfg": np.array([1.0, 2.5, 7.5], np.float32)}
-        if rows == 3:
+        feeds = {"cond": rng.standard_normal((guidance.rows * b, 64)).astype(np.float32),
+                 "noise": rng.standard_normal((4, b, 16)).astype(np.float32)}
+        if guidance.rows > 1:
+            feeds["cfg"] = np.array([1.0, 2.5, 7.5], np.float32)
+        if guidance.rows > 2:
             feeds["cfg_img"] = np.array([1.0, 1.5, 2.0], np.float32)
         got = make_session(manifest.path(graph)).run(None, feeds)[0]
         t = {k: torch.from_numpy(v) for k, v in feeds.items()}
         with torch.no_grad():
-            ref = sample_token(tiny_bundle.model.image_head, t["cond"], t["noise"], sampler_of(spec), t["cfg"],
-                               t.get("cfg_img")).numpy()
+            ref = sample_token(tiny_bundle.model.image_head, t["cond"], t["noise"], sampler_of(spec), guidance,
+                               t.get("cfg"), t.get("cfg_img")).numpy()
         err = np.abs(got - ref).max()
         assert err < 1e-5, f"{graph}: token max abs error {err:.3g} at {np.unravel_index(np.abs(got - ref).argmax(), ref.shape)}"
 

@@ -123,7 +123,7 @@ def test_pipeline_equals_uncached_recomputation(tiny_bundle, edit, assert_close)
                                     mask, torch.zeros(rows, 0, dtype=torch.int64), past)
             cond = model.image_out_projector(h[:, -1])
             tokens.append(sample_token(model.image_head, cond, torch.from_numpy(noise.next()), opts.sampler_config(),
-                                       torch.full((2,), 3.0), torch.full((2,), 1.5) if edit else None))
+                                       batch.guidance, torch.full((2,), 3.0), torch.full((2,), 1.5) if edit else None))
     want = torch.stack(tokens, 1)
     assert got.shape == (2, 6, d)
     assert_close("pipeline tokens (cached vs recomputed)", torch.from_numpy(np.asarray(got)), want, TOL,

@@ -13,7 +13,7 @@ import torch
 
 from nextstep_trt.ref.head import FlowMatchingHead, token_norm
 from nextstep_trt.ref.sampler import combine_cfg, run_sampler, sample_token
-from nextstep_trt.ref.sampling import CfgSchedule, SamplerConfig, SamplerVariant, cfg_at
+from nextstep_trt.ref.sampling import CfgSchedule, Guidance, SamplerConfig, SamplerVariant, cfg_at
 
 # v = a x + b per branch (cond, uncond1, uncond2)
 A = {"c": 0.8, "u": -0.3, "u2": 0.5}
@@ -82,7 +82,8 @@ def test_run_sampler_hand_computed(variant, n, shift, edit, kind):
     noise = arr(NOISE[:n + 1])[..., None]                                     # [N+1,B,1]
     sampler = SamplerConfig(steps=n, shift=shift, variant=SamplerVariant(variant))
     calls = []
-    out = run_sampler(branch_velocity(3 if edit else 2, calls), noise, sampler, arr(g),
+    guidance = Guidance.TEXT_IMAGE if edit else Guidance.TEXT
+    out = run_sampler(branch_velocity(3 if edit else 2, calls), noise, sampler, guidance, arr(g),
                       None if g_img is None else arr(g_img))
     assert calls == list(range(n))  # N velocity evaluations, in order
     assert tuple(out.shape) == (2, 1)
@@ -108,10 +109,10 @@ def test_run_sampler_deterministic():
     noise = torch.randn(4, 3, 16, generator=torch.Generator().manual_seed(0))
     sampler = SamplerConfig(steps=3, shift=2.0)
     fn = lambda x, k: torch.sin(x * (k + 1)) + 0.1 * x  # noqa: E731
-    a = run_sampler(fn, noise, sampler, torch.full((3,), 3.0))
-    b = run_sampler(fn, noise.clone(), sampler, torch.full((3,), 3.0))
+    a = run_sampler(fn, noise, sampler, Guidance.TEXT, torch.full((3,), 3.0))
+    b = run_sampler(fn, noise.clone(), sampler, Guidance.TEXT, torch.full((3,), 3.0))
     assert torch.equal(a, b)
-    c = run_sampler(fn, noise + 1e-3, sampler, torch.full((3,), 3.0))
+    c = run_sampler(fn, noise + 1e-3, sampler, Guidance.TEXT, torch.full((3,), 3.0))
     assert not torch.equal(a, c)
 
 
@@ -127,7 +128,7 @@ def test_use_norm_is_layer_norm_without_affine():
     want = hand_layer_norm(raw)
     assert max(abs(a - b) for a, b in zip(raw, want)) > 0.1  # the norm changes the numbers
     out = run_sampler(branch_velocity(2, []), noise, SamplerConfig(steps=1, shift=1.0, use_norm=True),
-                      torch.tensor([3.0], dtype=torch.float64), norm=token_norm)
+                      Guidance.TEXT, torch.tensor([3.0], dtype=torch.float64), norm=token_norm)
     for i in range(4):
         assert abs(float(out[0, i]) - want[i]) < 1e-9, (i, float(out[0, i]), want[i])
     # the reference token_norm itself: no affine, eps 1e-6, biased variance
@@ -139,16 +140,18 @@ def test_use_norm_is_layer_norm_without_affine():
 def test_combine_cfg_hand_numbers():
     v = torch.tensor([[1.0, 2.0], [0.5, -1.0],      # cond rows (B = 2)
                       [0.0, 1.0], [1.5, 0.0]])      # uncond rows
-    out = combine_cfg(v, torch.tensor([3.0, 2.0]))
+    out = combine_cfg(v, Guidance.TEXT, torch.tensor([3.0, 2.0]))
     # row 0: 0 + 3 (1 - 0) = 3;  1 + 3 (2 - 1) = 4.  row 1: 1.5 + 2 (0.5 - 1.5) = -0.5;  0 + 2 (-1 - 0) = -2
     assert out.tolist() == [[3.0, 4.0], [-0.5, -2.0]]
 
     v3 = torch.tensor([[2.0], [1.0], [0.5]])        # cond, uncond1 (image + negative), uncond2 (negative only)
-    out3 = combine_cfg(v3, torch.tensor([4.0]), torch.tensor([1.5]))
+    out3 = combine_cfg(v3, Guidance.TEXT_IMAGE, torch.tensor([4.0]), torch.tensor([1.5]))
     # 0.5 + 1.5 (1 - 0.5) + 4 (2 - 1) = 5.25
     assert out3.tolist() == [[5.25]]
     # cfg = cfg_img = 1 gives the conditional velocity
-    assert combine_cfg(v3, torch.tensor([1.0]), torch.tensor([1.0])).tolist() == [[2.0]]
+    assert combine_cfg(v3, Guidance.TEXT_IMAGE, torch.tensor([1.0]), torch.tensor([1.0])).tolist() == [[2.0]]
+    # no guidance: the one branch as it is
+    assert combine_cfg(torch.tensor([[2.0], [7.0]]), Guidance.NONE).tolist() == [[2.0], [7.0]]
 
 
 def test_cfg_schedules():
@@ -172,7 +175,7 @@ def test_sample_token_passes_time_grid_and_conditions(use_norm):
     xi = [[0.4, -1.0, 2.0], [-0.8, 0.1, 0.6], [1.3, -0.4, 0.2]]                  # [slot][feature], N = 2
     noise = torch.tensor(xi, dtype=torch.float64)[:, None]                     # [3,1,3]
     out = sample_token(FakeHead(), cond, noise, SamplerConfig(steps=2, shift=3.0, use_norm=use_norm),
-                       torch.tensor([2.5]))
+                       Guidance.TEXT, torch.tensor([2.5]))
     ts, dts = hand_grid("hf", 2, 3.0)
     want = []
     for i in range(3):
@@ -199,9 +202,9 @@ def test_sample_token_with_real_head(tiny_random):
     sampler = SamplerConfig(steps=3, shift=1.0, use_norm=False)
     g = torch.full((2,), 2.0)
     with torch.no_grad():
-        a = sample_token(head, cond, noise, sampler, g)
-        b = sample_token(head, cond, noise.clone(), sampler, g)
-        c = sample_token(head, cond, torch.randn(noise.shape, generator=gen), sampler, g)
+        a = sample_token(head, cond, noise, sampler, Guidance.TEXT, g)
+        b = sample_token(head, cond, noise.clone(), sampler, Guidance.TEXT, g)
+        c = sample_token(head, cond, torch.randn(noise.shape, generator=gen), sampler, Guidance.TEXT, g)
     assert a.shape == (2, cfg.token_dim)
     assert torch.equal(a, b)
     assert (a - c).abs().max() > 1e-2

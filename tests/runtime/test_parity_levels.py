@@ -2,6 +2,7 @@
 free-running (32x32 and 48x32, 3 sampler steps, cfg 2, and the edit path)."""
 import pytest
 
+from nextstep_trt.export.profile import GRAPHS
 from nextstep_trt.runtime.ort_backend import OrtBackend
 from nextstep_trt.runtime.reference import LiveReference
 from nextstep_trt.runtime.verify import verify_backend
@@ -20,16 +21,19 @@ def test_every_level_passes(parity):
 
 def test_level1_rel_l2(parity):
     rows = [r for r in parity.rows if r.level == 1]
-    assert {r.graph for r in rows} == {"backbone", "head_step", "head_sampler", "head_sampler_edit", "vae_decoder",
-                                      "vae_encoder"}
+    assert {r.graph for r in rows} == set(GRAPHS)
     assert max(r.metrics.rel_l2 for r in rows if not r.graph.startswith("vae")) <= 1e-6
+
+
+CASES = {"t2i 32x32 b2", "t2i 48x32 b1", "t2i 32x32 cfg=1 b1", "edit 32x32 cfg=2 cfg_img=1.5",
+         "edit 32x32 cfg=2 cfg_img=1", "edit 32x32 cfg=1 cfg_img=1"}
 
 
 def test_level2_every_token(parity):
     rows = [r for r in parity.rows if r.level == 2]
     assert {r.tensor for r in rows} == {"cond", "velocity", "token"}
     labels = {r.case.rsplit(" token", 1)[0] for r in rows}
-    assert labels == {"t2i 32x32 b2", "t2i 48x32 b1", "edit 32x32"}
+    assert labels == CASES
     assert max(r.metrics.rel_l2 for r in rows) <= 1e-5
     # 32x32 -> 4 tokens, 48x32 -> 6 tokens: every token is checked
     assert len({r.case for r in rows if r.case.startswith("t2i 48x32")}) == 6
@@ -37,7 +41,7 @@ def test_level2_every_token(parity):
 
 def test_level3_images(parity):
     rows = [r for r in parity.rows if r.level == 3 and r.tensor == "image"]
-    assert {r.case for r in rows} == {"t2i 32x32 b2", "t2i 48x32 b1", "edit 32x32"}
+    assert {r.case for r in rows} == CASES          # every guidance layout, cfg = 1 and cfg_img = 1 included
     for r in rows:
         psnr = float("inf") if r.extra["psnr_db"] == "inf" else r.extra["psnr_db"]
         assert psnr >= 60 and r.extra["first_divergent_token"] is None, r.extra

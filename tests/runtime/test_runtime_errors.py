@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nextstep_trt.cli import main
-from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.errors import NonFinite, UserError
 
 
 def _gen(art, model, out, *extra):
@@ -87,5 +87,5 @@ def test_nan_stops_and_names_the_step(tiny_artifacts, tiny_bundle):
             token = super().sample(*args)
             return token * np.nan if self.calls == 3 else token
 
-    with Diverging(tiny_artifacts[0]) as backend, pytest.raises(UserError, match="NaN/Inf value.*sampler.token at token 2"):
+    with Diverging(tiny_artifacts[0]) as backend, pytest.raises(NonFinite, match="NaN/Inf value.*sampler.token at token 2"):
         run_request(backend, tiny_bundle.tokenizer, Request(["x"], GenerationOptions(height=32, width=32, steps=3)))

@@ -59,8 +59,8 @@ BAD = [
     ({"height": 128, "width": 128}, "outside the exported profile"),
     ({"height": 64, "width": 32}, None),     # inside the side ranges, 8 tokens <= 16: valid
     ({"steps": 4}, "steps 4 is outside 1..3"),
-    ({"cfg": 0.5}, "cfg must be a finite number >= 1"),
-    ({"cfg": float("nan")}, "cfg must be a finite number >= 1"),
+    ({"cfg": 0.5}, "is outside [1, 100]"),
+    ({"cfg": float("nan")}, "is outside [1, 100]"),
     ({"seed": -1}, "seed -1 is outside"),
     ({"prompt": "x" * 5000}, "prompt is 5000 bytes; the cap is 2048"),
     ({"prompt": "cat " * 200}, "over the budget of 64"),
@@ -80,6 +80,19 @@ def test_bad_request_fails_alone(runner, change, message):
         assert isinstance(out[1], np.ndarray)
     else:
         assert isinstance(out[1], UserError) and message in str(out[1]), out[1]
+
+
+def test_requests_of_different_guidance_layouts_run_in_their_own_loops(runner, monkeypatch):
+    """cfg = 1 builds one row per image (no unconditional row); it cannot share a loop with cfg > 1."""
+    rows = []
+    sample = runner.backend.sample
+    monkeypatch.setattr(runner.backend, "sample", lambda cond, *a: rows.append(cond.shape[0]) or sample(cond, *a))
+    loops = runner.loops
+    out = runner.execute([req(seed=1, height=32, width=32, cfg=1.0), req(seed=2, height=32, width=32, cfg=3.0),
+                          req(seed=3, height=32, width=32, cfg=1.0)])
+    assert runner.loops - loops == 2
+    assert sorted(rows) == [2] * 4 + [2] * 4        # cfg=1: 2 images x 1 row; cfg=3: 1 image x 2 rows
+    assert np.array_equal(out[0][0], _solo(runner, "a red fox", 32, 32, 1, cfg=1.0))
 
 
 def test_fewer_steps_run_through_head_step(runner):
