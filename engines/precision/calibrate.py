@@ -97,19 +97,25 @@ def _options(sampler: SamplerConfig, size: tuple[int, int], seed: int, cfg: floa
 
 
 def calibration_requests(profile: DeploymentProfile, prompts: list[str], edit: bool) -> list[Request]:
-    """Every prompt at every profile resolution (batches of up to 2), plus editing at the first resolution."""
+    """Every prompt at every profile resolution (batches of up to 2), one unguided request, plus editing at the
+    first resolution in every guidance layout (so each fused sampler graph sees its own inputs)."""
     batch = min(2, profile.max_batch)
     out = []
     for size in profile.resolutions:
         for j in range(0, len(prompts), batch):
             cfg = CFG_SCALES[(j // batch) % len(CFG_SCALES)]
             out.append(Request(prompts[j:j + batch], _options(profile.t2i_sampler, size, 1000 + j, cfg)))
+    first = profile.resolutions[0]
+    out.append(Request(prompts[:1], _options(profile.t2i_sampler, first, 999, 1.0)))    # no guidance: one row
     if edit and profile.edit:
-        size = profile.resolutions[0]
-        for k, text in enumerate(EDIT_INSTRUCTIONS):
-            opts = _options(profile.edit_sampler, size, 2000 + k, CFG_SCALES[k % len(CFG_SCALES)], cfg_img=CFG_IMG,
+        # every editing layout the samplers were exported for: image + text guidance, text only, none
+        scales = [(CFG_SCALES[k % len(CFG_SCALES)], CFG_IMG) for k in range(len(EDIT_INSTRUCTIONS))]
+        scales += [(CFG_SCALES[0], 1.0), (1.0, 1.0)]
+        for k, (cfg, cfg_img) in enumerate(scales):
+            opts = _options(profile.edit_sampler, first, 2000 + k, cfg, cfg_img=cfg_img,
                             negative_prompt=EDIT_DEFAULTS["negative_prompt"])
-            out.append(Request([text], opts, calibration_image(*size, k)))
+            text = EDIT_INSTRUCTIONS[k % len(EDIT_INSTRUCTIONS)]
+            out.append(Request([text], opts, calibration_image(*first, k)))
     return out
 
 
@@ -141,7 +147,7 @@ def record_calibration(bundle: ModelBundle, profile: DeploymentProfile, prompts:
     with reference_threads(bundle):
         for req in requests:
             run_request(backend, bundle.tokenizer, req, max_tokens=max_tokens)
-    return {"prompts": len(prompts), "edit_instructions": len(EDIT_INSTRUCTIONS) if edit and profile.edit else 0,
+    return {"prompts": len(prompts), "edit_requests": sum(r.image is not None for r in requests),
             "requests": len(requests), "resolutions": [list(r) for r in profile.resolutions],
             "cfg": list(CFG_SCALES), "sampler_steps": {"t2i": profile.t2i_sampler.steps,
                                                        "edit": profile.edit_sampler.steps},

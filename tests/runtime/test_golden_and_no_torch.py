@@ -69,3 +69,38 @@ def test_onnxruntime_generate_without_torch(tiny_artifacts, tiny_dir, tmp_path):
     from PIL import Image
 
     assert Image.open(out).size == (32, 32)
+
+
+@pytest.mark.parametrize("argv,needs", [
+    (["generate", "--backend", "torch", "--prompt", "a cat", "--height", "32", "--width", "32", "--steps", "2"],
+     "torch"),
+    (["generate", "--backend", "onnxruntime", "--prompt", "a cat", "--noise", "official", "--height", "32",
+      "--width", "32", "--steps", "3"], "torch"),
+    (["export", "--out", "{tmp}/art"], "torch"),
+    (["demo", "--out", "{tmp}/demo"], "torch"),
+])
+def test_the_edge_install_names_the_extra_a_command_needs(tiny_artifacts, tiny_dir, tmp_path, argv, needs):
+    argv = [a.format(tmp=tmp_path) for a in argv] + ["--model", str(tiny_dir)] * (argv[0] != "demo")
+    if argv[0] == "generate":
+        argv += ["--artifacts", str(tiny_artifacts[0]), "--out", str(tmp_path / "x.png")]
+    proc = run_without_torch(argv)
+    assert proc.returncode == 2, proc.stderr
+    assert f'pip install -e ".[{needs}]" -c constraints.txt' in proc.stderr and "Traceback" not in proc.stderr, \
+        proc.stderr
+
+
+def test_options_are_refused_before_anything_loads(tiny_dir, tmp_path):
+    """Without torch, a bad --height still gets its own message: the check runs before the model (and torch)."""
+    base = ["generate", "--backend", "torch", "--model", str(tiny_dir), "--prompt", "a cat", "--out"]
+    for extra, message in [(["--height", "60"], "height 60 is not a positive multiple of 16"),
+                           (["--seed", "-1"], "seed -1 is outside 0..9223372036854775807"),
+                           (["--cfg", "inf"], "cfg inf is outside [1, 100]"),
+                           (["--steps", "100000"], "steps 100000 is outside 1..1000")]:
+        proc = run_without_torch(base + [str(tmp_path / "x.png")] + extra)
+        assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr)
+    proc = run_without_torch(base + [str(tmp_path)])
+    assert proc.returncode == 2 and "must name a .png file" in proc.stderr
+    folder = tmp_path / "dir.png"
+    folder.mkdir()
+    proc = run_without_torch(base + [str(folder)])
+    assert proc.returncode == 2 and "is a folder" in proc.stderr, proc.stderr

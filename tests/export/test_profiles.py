@@ -1,0 +1,28 @@
+"""Profiles a user picks work end to end: validation (and generation) stay inside the exported batch range, here at
+--max-batch 1 (the edge setting) and 2 with a single resolution; the session's artifacts cover the default (4)."""
+import pytest
+from PIL import Image
+
+from nextstep_trt.cli import main
+from nextstep_trt.export.manifest import Manifest
+
+
+@pytest.mark.parametrize("max_batch,extra", [(1, []), (2, ["--no-edit"])])
+def test_export_validate_and_generate_at_a_small_max_batch(tiny_dir, tmp_path, max_batch, extra):
+    art = tmp_path / "art"
+    assert main(["export", "--model", str(tiny_dir), "--out", str(art), "--resolutions", "32x32", "--steps", "2",
+                 "--max-text-tokens", "8", "--max-batch", str(max_batch), *extra]) == 0
+    manifest = Manifest.load(art)
+    for graph in manifest.graphs:
+        entry = manifest.entry(graph)
+        assert entry["validated"] and entry["validation"]["ok"], (graph, entry["validation"])
+    rows = manifest.spec("backbone").profiles[0].dim("rows")
+    assert rows.max == max_batch * (2 if "--no-edit" in extra else 3)
+    out = tmp_path / "x.png"
+    assert main(["generate", "--backend", "onnxruntime", "--model", str(tiny_dir), "--artifacts", str(art),
+                 "--prompt", "a cat", "--height", "32", "--width", "32", "--steps", "2", "--cfg", "2",
+                 "--images-per-prompt", str(max_batch), "--quiet", "--out", str(out)]) == 0
+    assert Image.open(out if max_batch == 1 else tmp_path / "x_1.png").size == (32, 32)
+    assert main(["generate", "--backend", "onnxruntime", "--model", str(tiny_dir), "--artifacts", str(art),
+                 "--prompt", "a cat", "--height", "32", "--width", "32", "--steps", "2", "--quiet",
+                 "--images-per-prompt", str(max_batch + 1), "--out", str(tmp_path / "y.png")]) == 2
