@@ -8,6 +8,8 @@ from nextstep_trt.core.metrics import Bound, Metrics
 
 CPU_FP16_NOTE = ("note: fp16/bf16 errors measured by ONNX Runtime on the CPU, which computes most fp16 ops in "
                  "fp32 between casts; CPU fp16 numerics are not GPU fp16 numerics")
+CPU_BF16_NOTE = ("note: bf16 errors measured by onnx.reference.ReferenceEvaluator on the CPU (ONNX Runtime has no "
+                 "bf16 CPU kernels), which rounds every op's result to bf16; not GPU bf16 numerics")
 
 
 @dataclass
@@ -56,17 +58,17 @@ class ParityReport:
         return {"ok": self.ok, "rows": [r.to_dict() for r in self.rows], "notes": self.notes}
 
     def table(self) -> str:
-        """A readable table: one line per (level, graph, case, tensor)."""
-        head = f"{'lvl':>3} {'graph':<18} {'prec':<5} {'case':<28} {'tensor':<14} {'max_abs':>9} {'rel_l2':>9} " \
-               f"{'cosine':>10}  {'bound':<32} ok"
-        lines = [head, "-" * len(head)]
+        """A readable table: one line per (level, graph, case, tensor); columns widen to fit, nothing is cut.
+        Level-3 rows put their image summary (PSNR, max pixel error, first divergent token) in the metrics column."""
+        head = ("lvl", "graph", "prec", "case", "tensor", "  max_abs    rel_l2     cosine", "bound", "ok")
+        body = []
         for r in self.rows:
             m = r.metrics
             nums = f"{m.max_abs:9.2e} {m.rel_l2:9.2e} {m.cosine:10.7f}" if m else \
-                " ".join(f"{k}={v}" for k, v in r.extra.items())[:30].ljust(30)
-            lines.append(f"{r.level:>3} {r.graph:<18} {r.precision:<5} {r.case[:28]:<28} {r.tensor[:14]:<14} "
-                         f"{nums}  {r.bound.describe()[:32]:<32} {'yes' if r.ok else 'NO'}")
-        return "\n".join(lines + self.notes)
+                " ".join(f"{k}={v}" for k, v in r.extra.items())
+            body.append((str(r.level), r.graph, r.precision, r.case, r.tensor, nums, r.bound.describe(),
+                         "yes" if r.ok else "NO"))
+        return "\n".join(format_table(head, body, right=(0,)) + self.notes)
 
     def worst_per_graph(self) -> "ParityReport":
         """One row per (level, graph, precision): its failing row if any, else its largest rel-L2."""
@@ -87,3 +89,13 @@ class ParityReport:
             more = f" (and {len(bad) - 1} more failing rows)" if len(bad) > 1 else ""
             raise CheckFailed(f"level {r.level} {r.graph} [{r.precision}] {r.case}: {r.tensor}: "
                               f"{'; '.join(r.violations)}{more}")
+
+
+def format_table(head: tuple[str, ...], rows: list[tuple[str, ...]], right: tuple[int, ...] = ()) -> list[str]:
+    """Lines of a plain-text table whose columns are as wide as their widest cell (``right``: right-aligned)."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
+
+    def line(cells) -> str:
+        return " ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return [line(head), "-" * len(line(head))] + [line(r) for r in rows]

@@ -161,9 +161,13 @@ class Component:
         return out
 
     def level1_references(self, bundle: ModelBundle, spec: GraphSpec, profile: DeploymentProfile,
-                          rng: np.random.Generator):
-        """(label, inputs, reference outputs) of every level-1 case, one case at a time."""
-        for case in self.level1_cases(bundle, spec, profile, rng):
+                          rng: np.random.Generator, progress: Callable[[str], None] | None = None):
+        """(label, inputs, reference outputs) of every level-1 case, one case at a time; ``progress`` hears
+        "i/n label" before each."""
+        cases = self.level1_cases(bundle, spec, profile, rng)
+        for i, case in enumerate(cases, 1):
+            if progress is not None:
+                progress(f"{i}/{len(cases)} {case.label}")
             yield case.label, case.feeds, self.run_reference(bundle, spec, case.feeds)
 
     def run_reference(self, bundle: ModelBundle, spec: GraphSpec, feeds: Feeds) -> Feeds:

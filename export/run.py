@@ -18,10 +18,13 @@ from .spec import GraphSpec
 from .validate import ort_runner, validate_graph
 
 
-def export_graph(bundle: ModelBundle, spec: GraphSpec, opts: ExportOptions, manifest: Manifest) -> ParityReport:
-    """Trace, then write, validate and install the graph (see ``install_graph``)."""
+def export_graph(bundle: ModelBundle, spec: GraphSpec, opts: ExportOptions, manifest: Manifest,
+                 log=print) -> ParityReport:
+    """Trace, then write, validate and install the graph (see ``install_graph``), saying each stage."""
     module = COMPONENTS[spec.name].module(bundle, spec)
+    log(f"  {spec.name}: tracing and cleaning (dynamo exporter, opset {opts.opset})")
     model, sizes, seconds = trace(module, spec, opts.opset)
+    log(f"  {spec.name}: traced in {seconds:.1f} s; writing, linting" + (", validating" if opts.validate else ""))
     holder = [model]                         # popped by write(), so the proto is freed once saved
     del model
 
@@ -29,7 +32,10 @@ def export_graph(bundle: ModelBundle, spec: GraphSpec, opts: ExportOptions, mani
         return save(holder.pop(), scratch / f"{spec.name}.onnx", opts.external_data)
 
     def validate(path: Path) -> ParityReport:
-        return validate_graph(bundle, spec, ort_runner(path, spec), opts.profile) if opts.validate else ParityReport()
+        if not opts.validate:
+            return ParityReport()
+        return validate_graph(bundle, spec, ort_runner(path, spec), opts.profile,
+                              progress=lambda case: log(f"  {spec.name}: validating case {case}"))
 
     return install_graph(spec, sizes, seconds, write, validate, opts.out_dir, manifest)
 
@@ -49,7 +55,7 @@ def export_all(opts: ExportOptions, bundle: ModelBundle | None = None, log=print
         manifest = Manifest.open_for_export(opts.out_dir, bundle.config, opts.profile, opts.model_dir)
         report = ParityReport()
         for name, spec in specs.items():
-            graph_report = export_graph(bundle, spec, opts, manifest)
+            graph_report = export_graph(bundle, spec, opts, manifest, log)
             rec = manifest.entry(name)
             log(f"exported {name}: {rec['bytes'] / 2**20:.2f} MiB in {rec['seconds']:.1f} s"
                 + (f", validated on {rec['validation']['cases']} shapes" if opts.validate else ", not validated"))

@@ -26,12 +26,13 @@ def ort_runner(onnx_path: Path, spec: GraphSpec) -> Runner:
 
 
 def validate_graph(bundle: ModelBundle, spec: GraphSpec, run: Runner, profile: DeploymentProfile,
-                   precision: Precision = Precision.FP32, seed: int = 0) -> ParityReport:
+                   precision: Precision = Precision.FP32, seed: int = 0,
+                   progress: Callable[[str], None] | None = None) -> ParityReport:
     """Run every validation case through ``run`` and the reference, one case at a time; one row per (case, output
-    tensor), then the per-tensor means the precision's bounds ask for."""
+    tensor), then the per-tensor means the precision's bounds ask for. ``progress`` hears each case."""
     def checked(feeds: dict) -> dict:
         spec.check_inputs(feeds)
         return {k: np.asarray(v).astype(np.float32) for k, v in run(feeds).items()}
 
-    cases = COMPONENTS[spec.name].level1_references(bundle, spec, profile, np.random.default_rng(seed))
+    cases = COMPONENTS[spec.name].level1_references(bundle, spec, profile, np.random.default_rng(seed), progress)
     return check_level1(spec.name, precision, cases, checked)

@@ -5,7 +5,7 @@ import numpy as np
 
 from nextstep_trt.core.level1 import check_level1
 from nextstep_trt.core.precision import Precision
-from nextstep_trt.core.report import CPU_FP16_NOTE, ParityReport
+from nextstep_trt.core.report import CPU_BF16_NOTE, CPU_FP16_NOTE, ParityReport
 from nextstep_trt.ref.prompt import scatter_image_tokens
 
 from .backend import Backend
@@ -19,8 +19,8 @@ def verify_backend(backend: Backend, reference, precision: Precision, levels=(1,
     """``reference`` offers level1(spec), cases(), level2(case), level3(case)."""
     precision = Precision(precision)
     report = ParityReport()
-    if precision in (Precision.FP16, Precision.BF16, Precision.FP8) and backend.name in CPU_BACKENDS:
-        report.notes.append(CPU_FP16_NOTE)
+    if precision is not Precision.FP32 and backend.name in CPU_BACKENDS:
+        report.notes.append(CPU_BF16_NOTE if backend.name == "onnx-reference" else CPU_FP16_NOTE)
     report.notes += [f"note: {n}" for n in backend.notices]
     at = getattr(backend, "graph_precision", {})   # graphs without a graph at ``precision`` run at fp32
     if 1 in levels:

@@ -38,6 +38,7 @@ class ServerOptions:
     gpu_metrics: bool = False
     log_verbose: int = 0
     exit_timeout_s: int = 20
+    log_file: Path | None = None         # Triton's own output goes here (None: to this terminal)
 
     @property
     def probe_host(self) -> str:
@@ -131,9 +132,27 @@ class TritonProcess:
 
     def start(self) -> "TritonProcess":
         check_ports_free(self.opts.host, self.opts.ports)
-        self.proc = subprocess.Popen(self.command, env=server_env(), start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+        out = None
+        if self.opts.log_file is not None:
+            try:
+                out = open(self.opts.log_file, "ab")
+            except OSError as err:
+                raise UserError(f"cannot write the Triton log {self.opts.log_file}: {err.strerror}") from None
+        try:
+            self.proc = subprocess.Popen(self.command, env=server_env(), start_new_session=True,
+                                         preexec_fn=_die_with_parent, stdout=out, stderr=subprocess.STDOUT if out
+                                         else None)
+        finally:
+            if out is not None:
+                out.close()                  # the child holds its own descriptor
         return self
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines of Triton's log file ("" when it logs to the terminal)."""
+        if self.opts.log_file is None or not Path(self.opts.log_file).is_file():
+            return ""
+        text = Path(self.opts.log_file).read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join(text)
 
     def ready(self) -> bool:
         url = f"http://{_url_host(self.opts.probe_host)}:{self.opts.http_port}/v2/health/ready"
@@ -148,8 +167,9 @@ class TritonProcess:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
-                raise UserError(f"tritonserver exited with code {self.proc.returncode} before it was ready "
-                                "(its log is above)")
+                where = f"the end of its log {self.opts.log_file}:\n{self.log_tail()}" if self.opts.log_file \
+                    else "its log is above"
+                raise UserError(f"tritonserver exited with code {self.proc.returncode} before it was ready ({where})")
             if self.ready():
                 return
             time.sleep(0.25)

@@ -34,7 +34,8 @@ def _graphs(manifest, precision: str, requested: list[str] | None) -> list[str]:
     have = [g for g in manifest.graphs if precision in manifest.data["graphs"][g]["precisions"]]
     graphs = list(requested) if requested else have
     if not graphs:
-        raise UserError(f"{manifest.root} has no {precision} graphs (run `nextstep-trt quantize` or `export`)")
+        make = "export" if precision == "fp32" else f"quantize --precision {precision}"
+        raise UserError(f"{manifest.root} has no {precision} graphs: make them with `nextstep-trt {make}`")
     for g in graphs:
         manifest.path(g, precision)   # a UserError names a missing graph or file
     return graphs

@@ -96,6 +96,7 @@ def run(args) -> int:
     demo_psnr = psnr(np.asarray(ref_images[0]), ort_pixels[0])
     timing_note = f"demo image 64x64: ONNX Runtime vs PyTorch reference PSNR {demo_psnr:.1f} dB"
     print("[6/6] report")
+    print("worst case per graph and level (every row: report.txt):")
     print(report.worst_per_graph().table())
     print(f"{len(report.rows)} checks, {len(report.failures())} failed")
     print(timing_note)
@@ -103,6 +104,7 @@ def run(args) -> int:
     write_json(out / "report.json", {"timing_s": timing, "prompt": PROMPT, "demo_image_psnr_db": str(demo_psnr),
                                      "engines": engines, "parity": report.to_json()})
     (out / "report.txt").write_text(report.table() + "\n")
-    print(f"wrote {out / 'onnxruntime.png'}, {out / 'torch.png'}, {out / 'report.json'}")
+    print(f"wrote {out / 'onnxruntime.png'}, {out / 'torch.png'}, {out / 'report.json'}, {out / 'report.txt'}, "
+          f"the model in {out / 'model'}, the graphs in {out / 'artifacts'}")
     report.raise_on_failure()
     return 0

@@ -24,7 +24,7 @@ def run(args) -> int:
     from nextstep_trt.core.errors import UserError
     from nextstep_trt.core.fileio import write_json
     from nextstep_trt.core.precision import Precision
-    from nextstep_trt.core.report import CPU_FP16_NOTE
+    from nextstep_trt.core.report import CPU_BF16_NOTE, CPU_FP16_NOTE
     from nextstep_trt.engines.precision.run import QuantizeOptions, overflow_reports, quantize_all
 
     precision = Precision.parse(args.precision)
@@ -45,5 +45,5 @@ def run(args) -> int:
         write_json(out, {"reports": [r.to_json() for r in reports], "note": CPU_FP16_NOTE})
         print(f"wrote {out}")
     if precision in (Precision.FP16, Precision.BF16):
-        print(CPU_FP16_NOTE)
+        print(CPU_BF16_NOTE if precision is Precision.BF16 else CPU_FP16_NOTE)
     return 0

@@ -48,6 +48,9 @@ def add_arguments(name: str, p) -> None:
     p.add_argument("--grpc-port", type=int, default=8001, help="KServe v2 gRPC port")
     p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
     p.add_argument("--log-verbose", type=int, default=0, help="Triton log level (1 logs every batch)")
+    p.add_argument("--log-file", default="nextstep-serve.log",
+                   help="where Triton's own output goes (appended); serve prints only its ready lines")
+    p.add_argument("--verbose", action="store_true", help="print Triton's output here instead of the log file")
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for the models to load")
     p.add_argument("--exit-timeout", type=int, default=20,
                    help="seconds Triton waits at shutdown for in-flight requests and open client connections")
@@ -88,7 +91,8 @@ def _serve(args) -> int:
     _check_backend(args.backend)
     server_opts = ServerOptions(args.host, args.http_port, args.grpc_port, args.metrics_port,
                                 gpu_metrics=args.backend == "tensorrt", log_verbose=args.log_verbose,
-                                exit_timeout_s=args.exit_timeout)
+                                exit_timeout_s=args.exit_timeout,
+                                log_file=None if args.verbose else Path(args.log_file).resolve())
     with tempfile.TemporaryDirectory(prefix="nextstep-serve-") as work:
         repo_opts = _repo_options(args, Path(work) / "repo", "symlink")
         manifest = check_options(repo_opts)
@@ -105,6 +109,8 @@ def _serve(args) -> int:
         old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             proc.start()
+            where = "its output follows" if args.verbose else f"its log: {server_opts.log_file}"
+            print(f"nextstep-trt serve: starting Triton ({where})", flush=True)
             try:
                 proc.wait_ready(args.ready_timeout)
                 _print_ready(server_opts, models)

@@ -26,12 +26,12 @@ def add_arguments(name: str, p) -> None:
                    help="backend whose graphs are checked")
     p.add_argument("--precision", default="fp32",
                    help="fp32, fp16, bf16 or fp8 (bf16 on the CPU runs in the ONNX reference evaluator)")
-    p.add_argument("--levels", default="1,2,3", help="comma-separated subset of 1,2,3")
+    p.add_argument("--levels", help="comma-separated subset of 1,2,3 (default: all; none with --integrity)")
     p.add_argument("--report", help="write the full report as JSON")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="ONNX Runtime execution provider")
     p.add_argument("--integrity", action="store_true",
                    help="hash every graph and external-data file (and with --model the model folder's files) in full "
-                        "against the manifest, whatever the load-time stamps say; alone, or before the levels")
+                        "against the manifest, whatever the load-time stamps say; add --levels to run parity after")
     p.add_argument("--mark-intermediates", action="store_true",
                    help="also compare every intermediate tensor of each precision graph with its fp32 graph on the "
                         "first level-1 case and name the worst layer")
@@ -76,15 +76,15 @@ def _run_integrity(args) -> None:
 def _run_verify(args) -> int:
     if args.integrity:
         _run_integrity(args)
-        if not (args.model or args.golden):
+        if args.levels is None:
             return 0
-    elif not (args.model or args.golden):
+    if not (args.model or args.golden):
         raise UserError("verify needs --model or --golden (the reference), or --integrity alone")
     from nextstep_trt.core.fileio import write_json
     from nextstep_trt.runtime.api import open_backend
     from nextstep_trt.runtime.verify import verify_backend
 
-    levels = _levels(args.levels)
+    levels = _levels(args.levels or "1,2,3")
     if args.mark_intermediates and args.precision == "fp32":
         raise UserError("--mark-intermediates compares a precision graph with its fp32 graph: use --precision "
                         "fp16, bf16 or fp8")
@@ -105,6 +105,7 @@ def _run_verify(args) -> int:
             from nextstep_trt.engines.precision.intermediates import worst_layers
 
             layers = worst_layers(backend.manifest, reference, args.precision)
+    print("worst case per graph and level (every row: --report FILE.json):")
     print(report.worst_per_graph().table())
     for layer_report in layers:
         print(layer_report.table())

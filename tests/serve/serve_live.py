@@ -86,10 +86,11 @@ class LiveServer:
 
     def __init__(self, model_dir: Path, artifacts: Path, log: Path, *extra: str):
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
-        self.log = log
+        self.log, self.triton_log = log, log.with_name(log.name + ".triton")
         self.argv = [sys.executable, "-m", "nextstep_trt.cli", "serve", "--model", str(model_dir), "--artifacts",
                      str(artifacts), "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-                     "--metrics-port", str(self.metrics_port), "--threads", "1", *extra]
+                     "--metrics-port", str(self.metrics_port), "--threads", "1",
+                     "--log-file", str(self.triton_log), *extra]
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -121,6 +122,12 @@ class LiveServer:
         pytest.fail(f"serve not ready after {timeout} s:\n{self.log_text()[-3000:]}")
 
     def log_text(self) -> str:
+        """What serve printed, then Triton's own log."""
+        triton = self.triton_log.read_text(errors="replace") if self.triton_log.exists() else ""
+        return self.log.read_text(errors="replace") + triton
+
+    def own_output(self) -> str:
+        """Only what `nextstep-trt serve` itself printed."""
         return self.log.read_text(errors="replace")
 
     def tree(self) -> set[int]:

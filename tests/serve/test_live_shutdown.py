@@ -37,6 +37,9 @@ def test_sigterm_stops_everything(tiny_dir, tiny_artifacts, tmp_path):
     finally:
         live.stop()
     assert code == 0 and "nextstep-trt serve: stopped" in live.log_text()
+    own = live.own_output()           # serve prints its own few lines; Triton's ~100 go to --log-file
+    assert "model_repository_path" not in own and len(own.splitlines()) <= 12, own
+    assert "ready on 127.0.0.1" in own and str(live.triton_log) in own
     assert not [pid for pid in tree if _alive(pid)]
     assert all(port_free(p) for p in live.ports)
     assert not workdir.exists()
