@@ -1,50 +1,98 @@
-"""``nextstep-trt floor``: the memory-bandwidth floor of a model on a device, as a table (torch-free).
+"""``nextstep-trt floor``: the memory-bandwidth floor of a model on GPUs per weight precision, which GPUs each
+precision fits, as tables (torch-free).
 
 Weights ÷ bandwidth per decode step and per sampler step: no kernel can beat it, so a measured step time divided by
-it is the fraction of the device's bandwidth the engine achieves."""
+it is the fraction of the device's bandwidth the engine achieves. Weight bytes per precision: engines.footprint
+(int8/int4 block-wise: 8 or 4 bits per weight + one fp16 scale per block; kept layers bf16); fits: engines.gpus.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nextstep_trt.export.sizes import DTYPE_BYTES
+from nextstep_trt.engines.footprint import decode_step_bytes, gpu_format, graph_bytes
+from nextstep_trt.engines.gpus import DATASHEET, RESERVE, Gpu, fits
 from nextstep_trt.ref.config import NextStepConfig
 from nextstep_trt.ref.latents import token_grid
 
-from .roofline import decode_step_bytes, floor_estimate, sampler_token_bytes
+from .roofline import floor_estimate
 
 GiB = 2**30
 
 
 @dataclass(frozen=True)
 class FloorOptions:
-    devices: dict[str, float]                 # name -> GB/s
+    devices: tuple[Gpu, ...] = DATASHEET      # memory 0: unknown (no fit column)
     height: int = 512
     width: int = 512
     steps: int = 50
     prompt_tokens: int = 64
     batches: tuple[int, ...] = (1, 4)
-    dtype: str = "bf16"
+    precisions: tuple[str, ...] = ("bf16", "fp8", "int8", "int4")
+    block: int = 32                            # int8/int4 weights per scale
+    scale_bytes: int = 2                       # fp16 scales
 
     def tokens(self, cfg: NextStepConfig) -> int:
         h, w = token_grid(self.height, self.width, cfg.pixels_per_token)
         return h * w
 
+    def kv_bytes(self, precision: str) -> int:
+        """KV cache bytes per value: fp32 with fp32 weights, else 2 (fp16/bf16 on a GPU)."""
+        return 4 if precision == "fp32" else 2
+
+    def kv_cache(self, cfg: NextStepConfig, precision: str, batch: int) -> int:
+        """KV cache bytes at the final length (prompt + image tokens) for 2 x batch CFG rows."""
+        bb = cfg.backbone
+        slots = self.prompt_tokens + self.tokens(cfg)
+        return 2 * bb.num_layers * 2 * batch * bb.num_kv_heads * slots * bb.head_dim * self.kv_bytes(precision)
+
+
+def weights_table(cfg: NextStepConfig, o: FloorOptions) -> list[str]:
+    """Per precision: the format and the weight bytes per graph, and what a decode step at batch 1 reads."""
+    tokens = o.tokens(cfg)
+    head = (f"{'precision':<10}{'backbone GiB':>13}{'head MiB':>10}{'VAE MiB':>9}{'total GiB':>10}"
+            f"{'decode reads GiB':>17}  format")
+    lines = [head, "-" * (len(head) + 40)]
+    for p in o.precisions:
+        fmt = gpu_format(p, o.block, o.scale_bytes)
+        g = graph_bytes(cfg, fmt)
+        dec = decode_step_bytes(cfg, fmt, 2, o.prompt_tokens + tokens, o.kv_bytes(p))
+        lines.append(f"{p:<10}{g['backbone'] / GiB:>13.2f}{g['head'] / 2**20:>10.1f}{g['vae'] / 2**20:>9.1f}"
+                     f"{sum(g.values()) / GiB:>10.2f}{dec / GiB:>17.2f}  {fmt.note or p}")
+    return lines
+
+
+def _fit_cell(cfg: NextStepConfig, o: FloorOptions, gpu: Gpu, precision: str, weights: float) -> str:
+    if not gpu.memory:
+        return "?"
+    ok = [str(b) for b in o.batches if fits(gpu, precision, weights, o.kv_cache(cfg, precision, b))]
+    if precision == "fp8" and not gpu.fp8:
+        return "no fp8"
+    return ",".join(ok) if ok else "none"
+
 
 def floor_table(cfg: NextStepConfig, o: FloorOptions) -> str:
-    """Per device and batch: decode step, sampler step and token, seconds per request and per image."""
-    wb, kv = DTYPE_BYTES[o.dtype], 4 if o.dtype == "fp32" else 2
+    """The weights table, then per device and precision: decode step, sampler step and token, s/image per batch,
+    and the batches whose weights + KV cache + reserve fit the device's memory."""
     tokens = o.tokens(cfg)
-    dec = decode_step_bytes(cfg, 2, o.prompt_tokens + tokens, wb, kv)
-    smp = sampler_token_bytes(cfg, o.steps, fused=True, weight_bytes=wb)
+    batches = " ".join(f"{f's/img B={b}':>10}" for b in o.batches)
     lines = [f"bandwidth floor: {o.height}x{o.width} ({tokens} image tokens), prompt {o.prompt_tokens} tokens, "
-             f"{o.steps} sampler steps, {o.dtype} weights ({kv}-byte KV cache); decode step at batch 1 reads "
-             f"{dec / GiB:.2f} GiB, the fused sampler {smp / o.steps / 2**20:.1f} MiB per step",
-             f"{'device':<16}{'GB/s':>7} {'B':>2} {'decode ms':>10} {'sampler step ms':>16} {'sampler/token ms':>17} "
-             f"{'s/request':>10} {'s/image':>8}"]
-    lines.append("-" * len(lines[-1]))
-    for name, gbps in o.devices.items():
-        for b in o.batches:
-            f = floor_estimate(cfg, gbps, tokens, o.prompt_tokens, o.steps, b, wb, kv)
-            lines.append(f"{name:<16}{gbps:>7.0f} {b:>2} {f['decode_step_ms']:>10.2f} {f['sampler_step_ms']:>16.3f} "
-                         f"{f['sampler_token_ms']:>17.2f} {f['request_s']:>10.2f} {f['s_per_image']:>8.2f}")
+             f"{o.steps} sampler steps, KV cache 2 bytes per value (4 with fp32 weights) at the final length; "
+             f"'fits B': the batches whose weights + KV cache + {RESERVE / GiB:g} GiB reserve fit the device", "",
+             *weights_table(cfg, o), ""]
+    head = (f"{'device':<15}{'GB/s':>7}{'mem GiB':>8} {'precision':<9}{'decode ms':>10}{'sampler step ms':>16}"
+            f"{'sampler/token ms':>17} {batches} {'fits B':>7}")
+    lines += [head, "-" * len(head)]
+    for gpu in o.devices:
+        for p in o.precisions:
+            fmt = gpu_format(p, o.block, o.scale_bytes)
+            est = {b: floor_estimate(cfg, gpu.gbps, tokens, o.prompt_tokens, o.steps, b, fmt, o.kv_bytes(p))
+                   for b in o.batches}
+            f = est[o.batches[0]]
+            weights = sum(graph_bytes(cfg, fmt).values())
+            per_batch = " ".join(f"{est[b]['s_per_image']:>10.2f}" for b in o.batches)
+            mem = f"{gpu.memory // GiB}" if gpu.memory else "?"
+            lines.append(f"{gpu.name:<15}{gpu.gbps:>7.0f}{mem:>8} {p:<9}{f['decode_step_ms']:>10.2f}"
+                         f"{f['sampler_step_ms']:>16.3f}{f['sampler_token_ms']:>17.2f} {per_batch} "
+                         f"{_fit_cell(cfg, o, gpu, p, weights):>7}")
+    lines.append(f"(decode and sampler columns at batch {o.batches[0]})")
     return "\n".join(lines)

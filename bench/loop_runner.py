@@ -6,6 +6,7 @@ import time
 import numpy as np
 
 from nextstep_trt.ref.options import GenerationOptions
+from nextstep_trt.ref.sampling import Guidance
 from nextstep_trt.runtime.backend import Backend
 from nextstep_trt.runtime.loop import Request, decode_images, run_request
 
@@ -76,17 +77,33 @@ class LoopRunner:
         noise = noise_source(opts, self.config).next()
         cfg = np.full(b, opts.cfg, np.float32)
         fused = None
-        if self.backend.fused_sampler(sampler, edit=False) is not None:
-            fused = time_calls(lambda: self.backend.sample(self.cond, noise, cfg, None, sampler), calls)
+        text = Guidance.TEXT
+        if self.backend.fused_sampler(sampler, text) is not None:
+            fused = time_calls(lambda: self.backend.sample(self.cond, noise, text, cfg, None, sampler), calls)
         steps = None
         if self.backend.has("head_step"):
-            steps = time_calls(lambda: self.backend.sample_steps(self.cond, noise, cfg, None, sampler), calls)
+            steps = time_calls(lambda: self.backend.sample_steps(self.cond, noise, text, cfg, None, sampler), calls)
         return fused, steps
 
     def kv_capacity(self, opts: GenerationOptions, prompt: str) -> int:
         """Slots per row of the backend's cache (the exported capacity: the graph attends over all of them)."""
         cache = getattr(self.backend, "cache", None)
         return self.backend.max_capacity() or (cache.capacity if cache is not None else 0)
+
+    def stream_bytes(self) -> tuple[int | None, float | None]:
+        """(backbone weight bytes a decode step reads, head bytes per parameter), from the graph files run."""
+        manifest = getattr(self.backend, "manifest", None)
+        precisions = getattr(self.backend, "graph_precision", {})
+        if manifest is None or "backbone" not in precisions:
+            return None, None
+        from .graph_bytes import graph_stream_bytes
+
+        decode = graph_stream_bytes(manifest.path("backbone", precisions["backbone"]))
+        head = next((g for g in ("head_sampler", "head_step") if g in precisions), None)
+        if head is None:
+            return decode, None
+        fp32 = graph_stream_bytes(manifest.path(head))
+        return decode, 4 * graph_stream_bytes(manifest.path(head, precisions[head])) / fp32 if fp32 else None
 
     def threads(self) -> dict[str, int]:
         return dict(getattr(self.backend, "thread_counts", lambda: {})())

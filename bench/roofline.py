@@ -7,75 +7,65 @@ takes the time embeddings as constants, the per-step loops recompute both every 
 """
 from __future__ import annotations
 
-import math
-
-from nextstep_trt.export.profile import DeploymentProfile
-from nextstep_trt.export.sizes import DTYPE_BYTES, graph_parameters
+from nextstep_trt.engines import footprint
+from nextstep_trt.engines.footprint import WeightFormat
+from nextstep_trt.export.sizes import DTYPE_BYTES
 from nextstep_trt.ref.config import NextStepConfig
-from nextstep_trt.ref.sampling import SamplerConfig
 from nextstep_trt.ref.weights import head_shapes
 
 from .results import Roofline
 
 
-def _params(cfg: NextStepConfig, steps: int) -> dict[str, int]:
-    profile = DeploymentProfile(edit=False, resolutions=((cfg.pixels_per_token,) * 2,),
-                                t2i_sampler=SamplerConfig(steps=steps))
-    return graph_parameters(cfg, profile)
+def decode_step_bytes(cfg: NextStepConfig, rows: int, capacity: int, weight_bytes: float = 4,
+                      kv_bytes: float = 4) -> int:
+    """Bytes one decode step over ``rows`` cache rows of ``capacity`` slots must read (every weight at
+    ``weight_bytes``; engines.footprint for mixed formats)."""
+    return footprint.decode_step_bytes(cfg, WeightFormat.uniform(weight_bytes), rows, capacity, kv_bytes)
 
 
-def decode_step_bytes(cfg: NextStepConfig, rows: int, capacity: int, weight_bytes: int = 4, kv_bytes: int = 4) -> int:
-    """Bytes one decode step over ``rows`` cache rows of ``capacity`` slots must read."""
-    bb = cfg.backbone
-    weights = _params(cfg, 1)["backbone"] - bb.vocab_size * bb.hidden_size + rows * bb.hidden_size
-    kv = 2 * bb.num_layers * rows * bb.num_kv_heads * capacity * bb.head_dim
-    return weights * weight_bytes + kv * kv_bytes
-
-
-def head_bytes(cfg: NextStepConfig, weight_bytes: int = 4) -> int:
+def head_bytes(cfg: NextStepConfig, weight_bytes: float = 4) -> int:
     """All head weights (the time MLP and the condition embedding included)."""
-    return sum(math.prod(s) for s in head_shapes(cfg.head).values()) * weight_bytes
+    return int(footprint.tensor_bytes(head_shapes(cfg.head), WeightFormat.uniform(weight_bytes)))
 
 
-def sampler_token_bytes(cfg: NextStepConfig, steps: int, fused: bool, weight_bytes: int = 4) -> int:
+def sampler_token_bytes(cfg: NextStepConfig, steps: int, fused: bool, weight_bytes: float = 4) -> int:
     """Head weight bytes read for one image token: once per step (the hoisted parts once per token)."""
-    shapes = head_shapes(cfg.head)
-    count = lambda key: sum(math.prod(s) for k, s in shapes.items() if key in k)  # noqa: E731
-    total = sum(math.prod(s) for s in shapes.values())
-    if not fused:
-        return total * steps * weight_bytes
-    per_step = total - count(".time_embed.") - count(".cond_embed.")
-    return (per_step * steps + count(".cond_embed.")) * weight_bytes
+    return footprint.sampler_token_bytes(cfg, WeightFormat.uniform(weight_bytes), steps, fused)
 
 
 def roofline(cfg: NextStepConfig, *, precision: str, rows: int, capacity: int, steps: int, fused: bool,
              decode_ms: float | None, sampler_ms: float | None, bandwidth_gbps: float, kind: str,
-             last_level_cache: int, read_gbps: float | None = None) -> Roofline:
-    """Achieved GB/s of a decode step and a sampler call, and their fractions of ``bandwidth_gbps``."""
+             last_level_cache: int, read_gbps: float | None = None, decode_weights: int | None = None,
+             sampler_weight_bytes: float | None = None) -> Roofline:
+    """Achieved GB/s of a decode step and a sampler call, and their fractions of ``bandwidth_gbps``.
+
+    ``decode_weights``: the weight bytes the step reads, measured from its graph (block-quantized graphs: packed
+    weights + scales); else the checkpoint count at ``precision``'s bytes. ``sampler_weight_bytes``: bytes per head
+    parameter, likewise (the head graph's initializer bytes over the fp32 graph's, x 4)."""
     wb = DTYPE_BYTES.get(precision, 4)
     dec = decode_step_bytes(cfg, rows, capacity, wb)
-    smp = sampler_token_bytes(cfg, steps, fused, wb)
+    if decode_weights is not None:
+        dec = decode_weights + (dec - decode_step_bytes(cfg, rows, 0, wb))       # measured weights + the KV part
+    swb = sampler_weight_bytes if sampler_weight_bytes is not None else wb
+    smp = int(sampler_token_bytes(cfg, steps, fused, 1) * swb)
     rate = lambda nbytes, ms: None if not ms else nbytes / (ms * 1e-3) / 1e9  # noqa: E731
     frac = lambda gbps: None if gbps is None or not bandwidth_gbps else gbps / bandwidth_gbps  # noqa: E731
     dec_gbps, smp_gbps = rate(dec, decode_ms), rate(smp, sampler_ms)
-    head = head_bytes(cfg, wb)
+    head = int(head_bytes(cfg, 1) * swb)
     read_frac = None if dec_gbps is None or not read_gbps else dec_gbps / read_gbps
     return Roofline(bandwidth_gbps, kind, dec, dec_gbps, frac(dec_gbps), smp, smp_gbps, frac(smp_gbps), head,
                     bool(last_level_cache) and head <= last_level_cache, read_gbps, read_frac)
 
 
-# Peak memory bandwidth from the vendors' data sheets (GB/s), for the floor estimate's default table.
-DATASHEET_GBPS = {"H100 SXM": 3350.0, "A100 80GB SXM": 2039.0, "RTX 4090": 1008.0, "L40S": 864.0}
-
-
 def floor_estimate(cfg: NextStepConfig, bandwidth_gbps: float, tokens: int, prompt: int, steps: int, batch: int = 1,
-                   weight_bytes: int = 2, kv_bytes: int = 2) -> dict[str, float]:
+                   fmt: WeightFormat | None = None, kv_bytes: float = 2) -> dict[str, float]:
     """Lower bound on seconds per request when every decode step and sampler step streams its weights once at
     ``bandwidth_gbps`` (the KV cache at the final length, CFG rows = 2 x batch; compute, the VAE and the prefill are
-    left out: they are compute-bound and short next to the token loop)."""
+    left out: they are compute-bound and short next to the token loop). ``fmt``: bf16 weights by default."""
+    fmt = fmt or footprint.gpu_format("bf16")
     gb = bandwidth_gbps * 1e9
-    decode = decode_step_bytes(cfg, 2 * batch, prompt + tokens, weight_bytes, kv_bytes) / gb
-    sampler = sampler_token_bytes(cfg, steps, fused=True, weight_bytes=weight_bytes) / gb
+    decode = footprint.decode_step_bytes(cfg, fmt, 2 * batch, prompt + tokens, kv_bytes) / gb
+    sampler = footprint.sampler_token_bytes(cfg, fmt, steps, fused=True) / gb
     total = (tokens - 1) * decode + tokens * sampler
     return {"decode_step_ms": decode * 1e3, "sampler_step_ms": sampler / steps * 1e3,
             "sampler_token_ms": sampler * 1e3, "request_s": total, "s_per_image": total / batch}

@@ -6,12 +6,16 @@ from pathlib import Path
 from typing import Callable
 
 from nextstep_trt.core.errors import UserError
+from nextstep_trt.ref.config import load_config
+from nextstep_trt.ref.sampling import Guidance
 
 from .machine import load_average
 from .memory import measure_bandwidth
 from .results import BenchReport
 from .run import TORCH_PATH, Bench, BenchOptions, add_ratios, check_inputs
-from .targets import check_targets
+from .peer import peer_installed
+from .step_phase import run_step_phase
+from .targets import check_targets, label_targets, preset_settings
 
 
 def _profile(opts: BenchOptions):
@@ -25,18 +29,18 @@ def _profile(opts: BenchOptions):
     return Manifest.load(opts.artifacts).profile
 
 
-def _loop_runner(name: str, opts: BenchOptions, profile_prefix: str | None = None):
-    """A LoopRunner on an ONNX Runtime or TensorRT backend of the artifacts."""
+def _loop_runner(name: str, opts: BenchOptions, precision: str, profile_prefix: str | None = None):
+    """A LoopRunner on an ONNX Runtime or TensorRT backend of the artifacts at ``precision``."""
     from nextstep_trt.runtime.api import model_tokenizer, open_backend
     from nextstep_trt.runtime.ort_backend import OrtBackend
 
     from .loop_runner import LoopRunner
 
     if profile_prefix is not None:
-        backend = OrtBackend(opts.artifacts, opts.precision, threads=opts.threads, profile_prefix=profile_prefix)
+        backend = OrtBackend(opts.artifacts, precision, threads=opts.threads, profile_prefix=profile_prefix)
     else:
-        backend = open_backend(name, opts.model, opts.artifacts, opts.precision, threads=opts.threads)
-    return LoopRunner(name, backend, model_tokenizer(opts.model, backend.config), opts.precision)
+        backend = open_backend(name, opts.model, opts.artifacts, precision, threads=opts.threads)
+    return LoopRunner(name, backend, model_tokenizer(opts.model, backend.config), precision)
 
 
 def _run_phases(bench: Bench, report: BenchReport) -> None:
@@ -48,22 +52,31 @@ def _run_phases(bench: Bench, report: BenchReport) -> None:
     opts, sampler = bench.opts, bench.opts.generation(1).sampler_config()
     bundle = load_model(opts.model)
     for name in bench.names:
-        bench.log(f"[{name}]")
         if name in ("torch", "torch-compile"):
+            bench.log(f"[{name}]")
             runner = TorchRunner(bundle, compiled=name == "torch-compile")
             phase, runs = bench.phase(runner, TORCH_PATH, report.bandwidth.gbps, "host copy")
-        else:
-            if bundle is not None:
-                runner = bundle = None
-                _release_torch()
-            runner = _loop_runner(name, opts)
-            fused = runner.backend.fused_sampler(sampler, edit=False) is not None
-            bandwidth, kind = report.bandwidth.gbps, "host copy"
-            if name == "tensorrt":
-                bandwidth, kind = _device_bandwidth(report, bandwidth)
-            phase, runs = bench.phase(runner, "fused graph" if fused else "head_step per step", bandwidth, kind)
-        report.phases.append(phase)
-        report.runs += runs
+            report.phases.append(phase)
+            report.runs += runs
+            continue
+        if bundle is not None:
+            runner = bundle = None
+            _release_torch()
+        for precision in opts.precisions:
+            _exported_phase(bench, report, name, precision, sampler)
+
+
+def _exported_phase(bench: Bench, report: BenchReport, name: str, precision: str, sampler) -> None:
+    """One exported backend at one precision: its phase into the report."""
+    bench.log(f"[{name} {precision}]")
+    runner = _loop_runner(name, bench.opts, precision)
+    fused = runner.backend.fused_sampler(sampler, Guidance.TEXT) is not None
+    bandwidth, kind = report.bandwidth.gbps, "host copy"
+    if name == "tensorrt":
+        bandwidth, kind = _device_bandwidth(report, bandwidth)
+    phase, runs = bench.phase(runner, "fused graph" if fused else "head_step per step", bandwidth, kind)
+    report.phases.append(phase)
+    report.runs += runs
 
 
 def _release_torch() -> None:
@@ -103,7 +116,7 @@ def _profiles(bench: Bench, report: BenchReport) -> None:
     report.profile_files += files
     report.notes.append("torch profiler, eager reference (top ops by self CPU time):\n" + "\n".join(lines))
     if "onnxruntime" in bench.names:
-        files, lines = profile_ort(lambda prefix: _loop_runner("onnxruntime", opts, prefix), gen, opts.prompt, out,
+        files, lines = profile_ort(lambda prefix: _loop_runner("onnxruntime", opts, opts.precision, prefix), gen, opts.prompt, out,
                                    opts.profile_tokens)
         report.profile_files += files
         report.notes.append("ONNX Runtime per-op profile (profiled run, slower than the timed runs):\n"
@@ -113,6 +126,8 @@ def _profiles(bench: Bench, report: BenchReport) -> None:
 def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> BenchReport:
     """Measure every backend of ``opts`` in this process; the report carries every figure."""
     check_inputs(opts, _profile(opts))
+    if opts.peer and not peer_installed():
+        raise UserError("--peer on needs onnxruntime-genai: pip install 'nextstep-trt[peer]'")
     bench = Bench(opts, log)
     if opts.threads:
         import torch
@@ -121,11 +136,13 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> BenchRe
     log(f"measuring copy bandwidth ({opts.bandwidth_mib} MiB, best of 5)")
     bandwidth = measure_bandwidth(opts.bandwidth_mib, threads=max(2, bench.machine.affinity_cores))
     bench.read_gbps = bandwidth.read_gbps
-    report = BenchReport(bench.machine, bandwidth, opts.settings(), notes=list(bench._notes))
+    settings = opts.settings() | preset_settings(load_config(opts.model))
+    report = BenchReport(bench.machine, bandwidth, settings, notes=list(bench._notes))
     _run_phases(bench, report)
+    run_step_phase(bench, report)
     add_ratios(report)
     _compile_time(report)
-    report.targets = check_targets(report)
+    report.targets = label_targets(report, check_targets(report))
     if opts.profile_dir is not None:
         _profiles(bench, report)
     report.machine.load_end = load_average()

@@ -18,6 +18,7 @@ from nextstep_trt.ref.latents import token_grid
 from nextstep_trt.ref.options import GenerationOptions
 from nextstep_trt.ref.prompt import text_to_image_prompt
 from nextstep_trt.ref.sampler import sample_token
+from nextstep_trt.ref.sampling import Guidance
 
 from .timing import CallLog, grid_tokens, noise_source, time_calls, zero_tokens
 
@@ -122,7 +123,7 @@ class TorchRunner:
         cfg = torch.full((b,), opts.cfg)
         head, cond, sampler = self.bundle.model.image_head, self.cond, opts.sampler_config()
         with torch.no_grad():
-            return None, time_calls(lambda: sample_token(head, cond, noise, sampler, cfg), calls)
+            return None, time_calls(lambda: sample_token(head, cond, noise, sampler, Guidance.TEXT, cfg), calls)
 
     # --- sizes -------------------------------------------------------------------------------------------------------
 

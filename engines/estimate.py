@@ -14,6 +14,7 @@ from pathlib import Path
 from nextstep_trt.core.resources import GB, free_disk, free_ram
 
 from .doctor import BUILD_PEAK_FACTOR, Section
+from .footprint import decode_step_bytes, gpu_format, graph_bytes
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 TORCH_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -94,11 +95,45 @@ def estimate_steps(cfg, checkpoint_dtype: str) -> list[Step]:
         steps.append(Step(f"TensorRT build: backbone {d}", BUILD_PEAK_FACTOR * w, w,
                           f"{BUILD_PEAK_FACTOR}x weights, toolchain notes; the plan is about the weights' size"))
     kv = kv_cache_bytes(cfg)
-    for d in ("bf16", "fp8"):
-        w = (p["backbone"] + p["head_step"]) * BYTES[d] + p["vae"] * 2
+    for d in ("bf16", "fp8", "int8", "int4"):
+        w = sum(graph_bytes(cfg, gpu_format(d)).values())
         steps.append(Step(f"runtime {d} (weights + KV cache {kv / GB:.1f} GB)", w + kv, 0,
                           "device memory on a GPU; host memory for ONNX Runtime on the CPU"))
     return steps
+
+
+EDGE_PROFILE = {"max_batch": 1, "edit": False}      # export --max-batch 1 --no-edit: the smallest KV cache
+FIT_PRECISIONS = ("bf16", "fp8", "int8", "int4")
+
+
+def gpu_sections(cfg) -> list[Section]:
+    """Per precision: weight bytes, which data-sheet GPUs it fits at the default and the edge profile (the
+    runtime's fp32 KV cache at the profile's capacity and largest batch), and the HBM floor of a decode step."""
+    from nextstep_trt.export.profile import DeploymentProfile
+
+    from .gpus import DATASHEET, RESERVE, fit_text, size_text
+
+    profiles = {"default profile": DeploymentProfile(), "edge profile (--max-batch 1 --no-edit)":
+                DeploymentProfile(**EDGE_PROFILE)}
+    kv = {name: kv_cache_bytes(cfg, prof) for name, prof in profiles.items()}
+    s = Section(f"GPU memory per precision (TensorRT weights: int8/int4 block-wise, 8/4 bits per weight + one fp16 "
+                f"scale per 32 weights, kept layers bf16; fits = weights + fp32 KV cache + {size_text(RESERVE)} "
+                "reserve <= the card's memory)")
+    prof = DeploymentProfile()
+    tokens, rows = prof.max_image_tokens(cfg.pixels_per_token), 2
+    for d in FIT_PRECISIONS:
+        fmt = gpu_format(d)
+        g = graph_bytes(cfg, fmt)
+        w = sum(g.values())
+        s.add(f"{d} weights", f"{size_text(w)} (backbone {size_text(g['backbone'])}, head {size_text(g['head'])}, "
+                              f"VAE decoder {size_text(g['vae'])})" + (f"; {fmt.note}" if fmt.note else ""))
+        for name in profiles:
+            s.add(f"{d} fits, {name}", f"KV cache {size_text(kv[name])}, {fit_text(d, w, kv[name])}")
+        step = decode_step_bytes(cfg, fmt, rows, tokens + 64, 2)
+        s.add(f"{d} HBM floor, decode step (batch 1, bf16 KV)",
+              f"reads {size_text(step)}: " + ", ".join(f"{gpu.name} {step / (gpu.gbps * 1e9) * 1e3:.3g} ms"
+                                                      for gpu in DATASHEET))
+    return [s]
 
 
 def verdict(step: Step, ram: int, disk: int) -> str:
@@ -131,7 +166,7 @@ def model_sections(model_dir: str | Path) -> list[Section]:
     for s in estimate_steps(cfg, dtype):
         note = f" ({s.note})" if s.note else ""
         steps.add(s.name, f"RAM ~{s.ram / GB:.1f} GB, disk ~{s.disk / GB:.1f} GB: {verdict(s, ram, disk)}{note}")
-    return [head, steps]
+    return [head, steps, *gpu_sections(cfg)]
 
 
 def model_report(model_dir: str | Path) -> str:

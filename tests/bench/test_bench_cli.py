@@ -8,7 +8,8 @@ from nextstep_trt.cli import main
 
 def _bench(tiny_dir, tiny_artifacts, *extra):
     return ["bench", "--model", str(tiny_dir), "--artifacts", str(tiny_artifacts[0]), "--height", "32", "--width",
-            "32", "--steps", "3", "--cfg", "2", "--bandwidth-mib", "32", *extra]
+            "32", "--steps", "3", "--cfg", "2", "--bandwidth-mib", "32", "--peer", "off", "--decode-past", "8",
+            "--decode-rounds", "1", "--decode-steps", "2", *extra]
 
 
 def _one_line_error(capsys, argv, text):
@@ -23,7 +24,7 @@ def test_cli_table_json_and_profile(capsys, tiny_dir, tiny_artifacts, tmp_path):
                   "--profile", str(prof), "--profile-tokens", "2")
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "per stage" in text and "targets" in text and "onnxruntime" in text
+    assert "per stage" in text and "targets" in text and "onnxruntime fp32" in text and "ours fp32" in text
     data = json.loads(out.read_text())
     assert [r["batch"] for r in data["runs"]] == [2, 2]
     assert list(prof.glob("ort_backbone_*.json")) and list(prof.glob("ort_head_sampler_*.json"))
@@ -37,6 +38,13 @@ def test_cli_unknown_backend(capsys, tiny_dir, tiny_artifacts):
 
 def test_cli_batch_above_profile(capsys, tiny_dir, tiny_artifacts):
     _one_line_error(capsys, _bench(tiny_dir, tiny_artifacts, "--batch", "1,5"), "exceeds the exported max batch 4")
+
+
+def test_cli_bad_precision_list_and_decode_flags(capsys, tiny_dir, tiny_artifacts):
+    _one_line_error(capsys, _bench(tiny_dir, tiny_artifacts, "--precision", "fp32,fp32"), "distinct")
+    _one_line_error(capsys, _bench(tiny_dir, tiny_artifacts, "--precision", "fp32,int3"), "unknown precision")
+    _one_line_error(capsys, _bench(tiny_dir, tiny_artifacts, "--decode-past", "0"), "--decode-past takes")
+    _one_line_error(capsys, _bench(tiny_dir, tiny_artifacts, "--max-spread", "1"), "--max-spread must be > 1")
 
 
 def test_cli_bad_batch_and_missing_artifacts(capsys, tiny_dir, tiny_artifacts):

@@ -46,15 +46,50 @@ def test_floor_adds_decode_steps_and_sampler_calls(tiny_dir):
 
 
 def test_floor_cli(capsys):
-    assert main(["floor", "--preset", "bench", "--bandwidth", "slow=1,fast=100", "--height", "256",
-                 "--width", "256", "--batch", "1"]) == 0
+    assert main(["floor", "--preset", "bench", "--bandwidth", "slow=1,fast=100@16", "--height", "256",
+                 "--width", "256", "--batch", "1", "--precision", "bf16,int4"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    rows = {line.split()[0]: float(line.split()[3]) for line in lines if line.startswith(("slow", "fast"))}
-    assert rows["slow"] == pytest.approx(100 * rows["fast"], rel=1e-2)       # decode ms scales with 1 / bandwidth
-    assert main(["floor"]) == 0 and "H100 SXM" in capsys.readouterr().out
+    rows = {tuple(line.split()[i] for i in (0, 3)): line.split() for line in lines if line.startswith(("slow", "fast"))}
+    decode = {k: float(v[4]) for k, v in rows.items()}
+    assert decode[("slow", "bf16")] == pytest.approx(100 * decode[("fast", "bf16")], rel=1e-2)   # ms ~ 1 / bandwidth
+    assert decode[("fast", "int4")] < 0.5 * decode[("fast", "bf16")]
+    assert rows[("fast", "int4")][-1] == "1" and rows[("slow", "int4")][-1] == "?"      # fits 16 GiB; no memory given
+    assert main(["floor"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("H100 SXM", "RTX 4070", "RTX 4080", "L4 ")) and "one 16-bit scale" in out
+
+
+def test_int4_and_int8_bytes_match_the_checkpoint(tiny_dir):
+    """Block-wise: the issue's quantized linears at 4/8 bits + one fp16 scale per 32 weights, the rest bf16."""
+    from nextstep_trt.engines.footprint import gpu_format, graph_bytes
+
+    cfg, numel = load_config(tiny_dir), _numels(tiny_dir)
+    quantized = {f"layers.{i}.{m}.weight" for i in (0, 1) for m in
+                 ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+    head_q = {"image_head.net.input_proj.weight"} | {f"image_head.net.res_blocks.{i}.mlp.{j}.weight"
+                                                     for i in (0, 1) for j in (0, 2)}
+    graph = {k: n for k, n in numel.items() if not k.startswith(("image_head.", "lm_head."))}
+    head = {k: n for k, n in numel.items() if k.startswith("image_head.")}
+    for precision, per_weight in (("int4", 0.5 + 2 / 32), ("int8", 1 + 2 / 32)):
+        g = graph_bytes(cfg, gpu_format(precision))
+        assert g["backbone"] == pytest.approx(sum(n * (per_weight if k in quantized else 2) for k, n in graph.items()))
+        assert g["head"] == pytest.approx(sum(n * (per_weight if k in head_q else 2) for k, n in head.items()))
+    assert graph_bytes(cfg, gpu_format("fp32"))["backbone"] == 4 * sum(graph.values())
+
+
+def test_a_deployment_fits_when_weights_kv_and_reserve_fit():
+    from nextstep_trt.engines.gpus import RESERVE, Gpu, fit_text, fits
+
+    card = Gpu("card", 100.0, int(10e9), fp8=False)
+    assert fits(card, "int4", 10e9 - RESERVE - 1e9, 1e9)
+    assert not fits(card, "int4", 10e9 - RESERVE - 1e9 + 1, 1e9)
+    assert not fits(card, "fp8", 1.0, 1.0)                                    # compute capability below 8.9
+    assert "not card (no fp8)" in fit_text("fp8", 1.0, 1.0, (card,))
 
 
 @pytest.mark.parametrize("argv, text", [(["--bandwidth", "x=-1"], "--bandwidth takes"),
+                                        (["--precision", "int3"], "--precision takes"),
                                         (["--batch", "0"], "--batch takes"), (["--steps", "0"], ">= 1")])
 def test_floor_bad_input(capsys, argv, text):
     assert main(["floor", *argv]) == 2

@@ -1,0 +1,106 @@
+"""The bench's peer: onnxruntime-genai's builds of our backbone (torch-free here; the builder runs in a subprocess).
+
+When ``onnxruntime_genai`` is installed (the ``peer`` extra), the bench writes our backbone as a Hugging Face Qwen2
+folder (``hf_folder.py``) and runs Microsoft's model builder on it once per precision::
+
+    python -m onnxruntime_genai.models.builder -i HF -o OUT -p fp32|int8|int4 -e cpu -c CACHE \\
+        --extra_options exclude_lm_head=true [accuracy_level=4 block_size=32]
+
+``exclude_lm_head`` makes the graph end at the final-normed hidden state, the work our decode step does (our graph
+has no lm_head either; it adds the image_out_projector, which the comparison applies to the peer's output).
+``accuracy_level``/``block_size`` (the builder's current names; ``int4_accuracy_level`` is a deprecated alias) set
+its MatMulNBits quantization: level 4 = int8 activations, blocks of 32 weights along the input dimension.
+Builds are cached under ``ART/peer/<model fingerprint>-genai<version>-b<block>-acc<level>/<precision>/``, written
+to a scratch folder and renamed into place; a cached build is reused when its ``model.onnx`` is there.
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.fileio import atomic_dir
+from nextstep_trt.core.resources import versions
+from nextstep_trt.ref.config import load_config
+
+from .hf_folder import write_hf_folder
+
+GENAI = "onnxruntime-genai"
+PEER_PRECISIONS = ("fp32", "int8", "int4")          # what the builder makes for the CPU execution provider
+
+
+@dataclass(frozen=True)
+class PeerOptions:
+    accuracy_level: int = 4
+    block_size: int = 32
+
+
+def peer_installed() -> bool:
+    """Whether onnxruntime_genai (the builder) is importable."""
+    return importlib.util.find_spec("onnxruntime_genai") is not None
+
+
+def peer_precisions(asked: tuple[str, ...]) -> tuple[str, ...]:
+    """The peer builds a run needs: each asked precision the builder makes on the CPU, and always int4 and fp32
+    (the int4 target and the fp32 check that the conversion is right)."""
+    wanted = {p for p in asked if p in PEER_PRECISIONS} | {"fp32", "int4"}
+    return tuple(p for p in PEER_PRECISIONS if p in wanted)
+
+
+def peer_root(artifacts: Path, model_dir: Path, opts: PeerOptions) -> Path:
+    """The cache folder of this model, builder version and quantization settings."""
+    version = versions((GENAI,)).get(GENAI, "unknown")
+    key = f"{load_config(model_dir).fingerprint()}-genai{version}-b{opts.block_size}-acc{opts.accuracy_level}"
+    return Path(artifacts) / "peer" / key
+
+
+def builder_command(hf: Path, out: Path, cache: Path, precision: str, opts: PeerOptions) -> list[str]:
+    """The builder's command line for one precision."""
+    extra = ["exclude_lm_head=true"]
+    if precision in ("int4", "int8"):
+        extra += [f"accuracy_level={opts.accuracy_level}", f"block_size={opts.block_size}"]
+    return [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out), "-p", precision,
+            "-e", "cpu", "-c", str(cache), "--extra_options", *extra]
+
+
+def _run_builder(cmd: list[str], log_file: Path, precision: str) -> None:
+    with open(log_file, "w") as log:
+        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        lines = [line for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
+        raise UserError(f"onnxruntime-genai's builder failed for {precision} (exit {done.returncode}; log "
+                        f"{log_file}): {lines[-1][:300] if lines else 'no output'}")
+
+
+def build_peer(model_dir: str | Path, artifacts: str | Path, precision: str, opts: PeerOptions = PeerOptions(),
+               log: Callable[[str], None] = print) -> Path:
+    """The peer's ``model.onnx`` for ``precision``: from the cache, or converted and built now."""
+    if not peer_installed():
+        raise UserError("the peer needs onnxruntime-genai: pip install 'nextstep-trt[peer]'")
+    if precision not in PEER_PRECISIONS:
+        raise UserError(f"the peer's builder makes {', '.join(PEER_PRECISIONS)} on the CPU, not {precision}")
+    model_dir = Path(model_dir)
+    root = peer_root(Path(artifacts), model_dir, opts)
+    graph = root / precision / "model.onnx"
+    if graph.is_file():
+        return graph
+    hf = root / "hf"
+    if not (hf / "model.safetensors").is_file():
+        log(f"  peer: writing the Hugging Face Qwen2 folder {hf}")
+        info = write_hf_folder(model_dir, hf)
+        if info["padded_rows"]:
+            log(f"  peer: vocab padded {info['vocab_size']} -> {info['hf_vocab_size']} ({info['why_padded']})")
+    log(f"  peer: building onnxruntime-genai's {precision} graph (cached in {root / precision})")
+    with atomic_dir(root / precision) as tmp:
+        _run_builder(builder_command(hf, tmp, tmp / "cache", precision, opts), root / f"build-{precision}.log",
+                     precision)
+        shutil.rmtree(tmp / "cache", ignore_errors=True)          # the builder's download cache: empty here
+        if not (tmp / "model.onnx").is_file():
+            raise UserError(f"onnxruntime-genai's builder wrote no model.onnx for {precision} "
+                            f"(log {root / f'build-{precision}.log'})")
+    return graph

@@ -1,0 +1,101 @@
+"""The decode-step phase of a bench run: our backbone graph per precision and the peer's builds, timed side by side
+(``steps.py``), and the check that the peer computes our model (torch-free; the peer's builder runs in a
+subprocess)."""
+from __future__ import annotations
+
+import numpy as np
+
+from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.core.tolerances import graph_bound
+from nextstep_trt.ref.weights import iter_shard_tensors, shard_files
+
+from .peer import build_peer, peer_installed, peer_precisions
+from .results import BenchReport
+from .steps import StepGraph, StepOptions, time_decode_steps
+
+# The peer's fp32 build must give our fp32 cond within the fp32 graph bound, else the conversion is wrong.
+PEER_FP32_BOUND = graph_bound("backbone", Precision.FP32, "cond")
+
+
+def _projector(model_dir):
+    """cond = image_out_projector(hidden): applied to the peer's final hidden state, in fp32 numpy."""
+    w = {k: t.astype(np.float32) for k, t in iter_shard_tensors(model_dir, shard_files(model_dir), "np")
+         if k.startswith("image_out_projector.")}
+    weight, bias = w["image_out_projector.weight"], w["image_out_projector.bias"]
+    return lambda hidden: hidden @ weight.T + bias                       # [rows,H] -> [rows,H]
+
+
+def our_graphs(manifest, precisions: list[str], threads: int) -> tuple[list[StepGraph], list[str]]:
+    """Our backbone graph at fp32 (the baseline of every ratio) and at each asked precision that was made."""
+    cfg, graphs, notes = manifest.config, [], []
+    for p in ["fp32"] + [p for p in precisions if p != "fp32"]:
+        if p not in manifest.data["graphs"].get("backbone", {}).get("precisions", {}):
+            notes.append(f"decode steps: no {p} backbone graph (run `nextstep-trt quantize --precision {p}`)")
+            continue
+        graphs.append(StepGraph(f"ours {p}", "ours", p, manifest.path("backbone", Precision(p)), cfg, threads))
+    return graphs, notes
+
+
+def peer_graphs(bench, manifest) -> tuple[list[StepGraph], dict]:
+    """The peer's builds this run needs (cached under ART/peer/), or none and why."""
+    o = bench.opts
+    wanted = o.peer if o.peer is not None else peer_installed()
+    if not wanted:
+        return [], {"built": False, "why": "onnxruntime-genai is not installed (pip install 'nextstep-trt[peer]')"
+                    if o.peer is None else "--peer off"}
+    graphs, info = [], {"built": True, "precisions": [], "options": vars(o.peer_options).copy()}
+    project = _projector(o.model)
+    for p in peer_precisions(tuple(o.precisions)):
+        try:
+            path = build_peer(o.model, o.artifacts, p, o.peer_options, log=bench.log)
+        except UserError as err:
+            info.setdefault("failed", {})[p] = str(err)
+            continue
+        graphs.append(StepGraph(f"peer {p}", "peer", p, path, manifest.config, o.threads, project))
+        info["precisions"].append(p)
+        info.setdefault("graphs", {})[p] = str(path)
+    return graphs, info
+
+
+def check_peer(report: BenchReport) -> None:
+    """Peer fp32 against ours fp32 at every past: the conversion is right only within the fp32 graph bound."""
+    rows = [(c.past, c.get("peer", "fp32"), c.get("ours", "fp32")) for c in report.steps]
+    checked = [(past, t) for past, t, ours in rows if t is not None and ours is not None]
+    if not checked:
+        report.peer["verified"] = None
+        return
+    bad = [f"past {past}: rel_l2 {t.rel_l2:.2e}, max_abs {t.max_abs:.2e}" for past, t in checked
+           if (PEER_FP32_BOUND.rel_l2 is not None and not t.rel_l2 <= PEER_FP32_BOUND.rel_l2)
+           or (PEER_FP32_BOUND.max_abs is not None and not t.max_abs <= PEER_FP32_BOUND.max_abs)]
+    report.peer["verified"] = not bad
+    worst = max(t.rel_l2 for _, t in checked)
+    if bad:
+        report.notes.append(f"the peer's fp32 build does not compute our backbone ({'; '.join(bad)}; bound "
+                            f"{PEER_FP32_BOUND.describe()}): the HF conversion is wrong, peer comparisons are void")
+    else:
+        report.notes.append(f"the peer's fp32 build equals our fp32 backbone step (worst rel_l2 {worst:.1e}, bound "
+                            f"{PEER_FP32_BOUND.describe()}): both run the same model")
+
+
+def run_step_phase(bench, report: BenchReport) -> None:
+    """Time our graphs and the peer's at every decode past of the options; results into ``report``."""
+    from nextstep_trt.export.manifest import Manifest
+
+    o = bench.opts
+    if not o.decode_pasts or o.artifacts is None or "onnxruntime" not in bench.names:
+        return
+    manifest = Manifest.load(o.artifacts)
+    graphs, notes = our_graphs(manifest, list(o.precisions), o.threads)
+    report.notes += notes
+    if not graphs:
+        return
+    peers, report.peer = peer_graphs(bench, manifest)
+    opts = StepOptions(tuple(o.decode_pasts), 2, o.decode_rounds, o.decode_steps, o.threads, o.seed, o.spread)
+    bench.log(f"[decode steps] {', '.join(g.label for g in graphs + peers)} at past {', '.join(map(str, o.decode_pasts))}")
+    report.steps = time_decode_steps(graphs + peers, opts, report.bandwidth.gbps, report.bandwidth.read_gbps,
+                                     bench.watch)
+    for cell in report.steps:
+        bench.log("  past {}: ".format(cell.past) + ", ".join(f"{t.label} {t.ms:.2f} ms" for t in cell.timings)
+                  + "".join(f"\n  ! {n}" for n in cell.stability.notes(f"decode steps at past {cell.past}")))
+    check_peer(report)

@@ -1,0 +1,190 @@
+"""The decode-step micro-benchmark: every backbone graph of the run (ours per precision, the peer's builds) on
+identical inputs at fixed cache lengths, timed in interleaved rounds in this process (torch-free).
+
+Each graph gets the same random past K/V of ``past`` slots for ``rows`` cache rows (2 = the CFG rows of one
+image), the same text token at position ``past``, and one step is timed per call through IO binding with
+preallocated outputs. Ours is fed a past of exactly ``past`` slots (all valid); the peer's GroupQueryAttention graph
+runs in onnxruntime-genai's own mode, past and present sharing one buffer of ``past + 1`` slots. Rounds interleave
+the graphs (round r times ``steps`` calls of each graph in turn), so a load change hits every graph alike; a
+round's median is one timed repeat for the spread rule (``stability.py``).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from nextstep_trt.core.metrics import compare
+from nextstep_trt.export.spec import kv_names
+from nextstep_trt.ref.config import NextStepConfig
+
+from .graph_bytes import graph_stream_bytes
+from .stability import LoadWatch, SpreadRule, Stability, run_stable, spread
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    pasts: tuple[int, ...] = (300, 1000)
+    rows: int = 2                      # cache rows: the 2 CFG rows of one image
+    rounds: int = 5
+    steps: int = 6                     # timed calls per graph per round
+    threads: int = 0
+    seed: int = 0
+    rule: SpreadRule = field(default_factory=SpreadRule)
+
+
+class StepGraph:
+    """One backbone graph at a decode step. ``source`` is "ours" (output: cond) or "peer" (output: the final
+    hidden state, mapped to cond by ``project``, our image_out_projector, so both compare on the same tensor)."""
+
+    def __init__(self, label: str, source: str, precision: str, path: Path, cfg: NextStepConfig, threads: int = 0,
+                 project: Callable[[np.ndarray], np.ndarray] | None = None):
+        from nextstep_trt.export.ort_session import make_session
+
+        self.label, self.source, self.precision, self.path, self.cfg = label, source, precision, Path(path), cfg
+        self.session = make_session(path, threads=threads)
+        self.project = project
+        self.weight_bytes = graph_stream_bytes(path)
+        self._binding, self._out, self._keep = None, None, []
+
+    def bind(self, past: dict[tuple[int, str], np.ndarray], position: int, ids: np.ndarray) -> None:
+        """Bind this step's inputs (shared past K/V, token ``ids`` [rows,1] at ``position``) and its outputs."""
+        import onnxruntime as ort
+
+        b, rows, bb = self.session.io_binding(), ids.shape[0], self.cfg.backbone
+        self._keep = []                                         # arrays the binding points into
+        kv_out = (rows, bb.num_kv_heads, 1, bb.head_dim)
+        if self.source == "ours":
+            feeds = {"input_ids": ids, "image_tokens": np.zeros((rows, 1, self.cfg.token_dim), np.float32),
+                     "image_mask": np.zeros((rows, 1), bool), "position_ids": np.full((rows, 1), position, np.int64),
+                     "token_mask": np.ones((rows, 1), np.int64), "past_mask": np.ones((rows, position), np.int64)}
+            for kind in ("key", "value"):
+                feeds |= {n: past[(i, kind)] for i, n in enumerate(kv_names(f"past_{kind}", bb.num_layers))}
+            outputs = {"cond": (rows, bb.hidden_size)}
+            for kind in ("key", "value"):
+                outputs |= {n: kv_out for n in kv_names(f"new_{kind}", bb.num_layers)}
+        else:
+            feeds = {"input_ids": ids, "attention_mask": np.ones((rows, position + 1), np.int64)}
+            for (i, kind), value in past.items():
+                shared = np.zeros(value.shape[:2] + (position + 1, value.shape[3]), np.float32)
+                shared[:, :, :position] = value                   # [rows,KVH,past+1,D]: the new slot is written
+                ov = ort.OrtValue.ortvalue_from_numpy(shared)
+                b.bind_ortvalue_input(f"past_key_values.{i}.{kind}", ov)
+                b.bind_ortvalue_output(f"present.{i}.{kind}", ov)
+                self._keep += [shared, ov]
+            outputs = {"hidden_states": (rows, 1, bb.hidden_size)}
+        for name, value in feeds.items():
+            value = np.ascontiguousarray(value)
+            self._keep.append(value)
+            b.bind_cpu_input(name, value)
+        for name, shape in outputs.items():
+            buf = np.empty(shape, np.float32)
+            self._keep.append(buf)
+            b.bind_output(name, "cpu", 0, np.float32, list(shape), buf.ctypes.data)
+            if name in ("cond", "hidden_states"):
+                self._out = buf
+        self._binding = b
+
+    def run(self) -> None:
+        self.session.run_with_iobinding(self._binding)
+
+    def output(self) -> np.ndarray:
+        """cond [rows,H] of the last run."""
+        out = self._out.reshape(self._out.shape[0], -1).copy()
+        return self.project(out) if self.project is not None else out
+
+
+@dataclass
+class StepTiming:
+    """One graph at one cache length."""
+
+    label: str
+    source: str
+    precision: str
+    past: int
+    rows: int
+    ms: float                            # median over every timed step of the kept attempt
+    round_ms: list[float]                # each round's median
+    weight_bytes: int                    # initializers the step reads (lookup tables excluded)
+    kv_bytes: int                        # past K/V the step reads
+    gbps: float
+    fraction: float | None               # of the copy bandwidth
+    read_fraction: float | None          # of the read-only bandwidth
+    cosine: float | None = None          # cond vs the reference graph (ours, first precision)
+    rel_l2: float | None = None
+    max_abs: float | None = None
+
+    @property
+    def step_bytes(self) -> int:
+        return self.weight_bytes + self.kv_bytes
+
+
+@dataclass
+class StepCell:
+    """Every graph at one cache length, with the cell's load and spread."""
+
+    past: int
+    timings: list[StepTiming]
+    stability: Stability
+
+    def get(self, source: str, precision: str) -> StepTiming | None:
+        return next((t for t in self.timings if t.source == source and t.precision == precision), None)
+
+    def to_json(self) -> dict:
+        return {"past": self.past, "timings": [asdict(t) | {"step_bytes": t.step_bytes} for t in self.timings],
+                "stability": self.stability.to_json()}
+
+
+def random_past(cfg: NextStepConfig, rows: int, past: int, seed: int) -> dict[tuple[int, str], np.ndarray]:
+    """(layer, "key"/"value") -> [rows,KVH,past,D] standard-normal float32, the same for every graph."""
+    rng, bb = np.random.default_rng(seed), cfg.backbone
+    return {(i, kind): rng.standard_normal((rows, bb.num_kv_heads, past, bb.head_dim), dtype=np.float32)
+            for i in range(bb.num_layers) for kind in ("key", "value")}
+
+
+def _timed_rounds(graphs: list[StepGraph], opts: StepOptions) -> tuple[float | None, dict[str, list[float]]]:
+    """One attempt: (widest per-graph spread of round medians, label -> every timed step in seconds by round)."""
+    steps: dict[str, list[list[float]]] = {g.label: [] for g in graphs}
+    for _ in range(opts.rounds):
+        for g in graphs:
+            times = []
+            for _ in range(opts.steps):
+                start = time.perf_counter()
+                g.run()
+                times.append(time.perf_counter() - start)
+            steps[g.label].append(times)
+    spreads = [spread([statistics.median(r) for r in rounds]) for rounds in steps.values()]
+    known = [s for s in spreads if s is not None]
+    return (max(known) if known else None), steps
+
+
+def time_decode_steps(graphs: list[StepGraph], opts: StepOptions, bandwidth_gbps: float, read_gbps: float | None,
+                      watch: Callable[[], LoadWatch] = LoadWatch) -> list[StepCell]:
+    """Every graph at every cache length of ``opts.pasts``; outputs compared with the first "ours" graph's."""
+    cfg = graphs[0].cfg
+    ids = (np.arange(opts.rows, dtype=np.int64) % 7 + 5)[:, None]          # [rows,1] ordinary text tokens
+    ref = next(g for g in graphs if g.source == "ours")
+    cells = []
+    for past in opts.pasts:
+        kv = random_past(cfg, opts.rows, past, opts.seed)
+        kv_bytes = sum(a.nbytes for a in kv.values())
+        for g in graphs:
+            g.bind(kv, past, ids)
+            g.run()                                                  # warm-up: arena, prepacking
+        outputs = {g.label: g.output() for g in graphs}
+        steps, stability = run_stable(lambda: _timed_rounds(graphs, opts), opts.rule, watch)
+        timings = []
+        for g in graphs:
+            ms = statistics.median(t for r in steps[g.label] for t in r) * 1e3
+            gbps = (g.weight_bytes + kv_bytes) / (ms * 1e-3) / 1e9
+            m = compare(outputs[ref.label], outputs[g.label])
+            timings.append(StepTiming(g.label, g.source, g.precision, past, opts.rows, ms,
+                                      [statistics.median(r) * 1e3 for r in steps[g.label]], g.weight_bytes, kv_bytes,
+                                      gbps, gbps / bandwidth_gbps if bandwidth_gbps else None,
+                                      gbps / read_gbps if read_gbps else None, m.cosine, m.rel_l2, m.max_abs))
+        cells.append(StepCell(past, timings, stability))
+    return cells
