@@ -95,6 +95,21 @@ class Client:
             raise UserError(f"cannot reach the server at {self.address}: {err.strerror or err}") from None
         return result.as_numpy("image")[0]
 
+    def wait_ready(self, model: str, seconds: float) -> None:
+        """Poll until ``model`` is ready (a server still starting), up to ``seconds``; a UserError after that."""
+        import time
+
+        end = time.monotonic() + seconds
+        while True:
+            try:
+                if self.client.is_model_ready(model):
+                    return
+            except Exception:  # noqa: BLE001 - refused connections and 503s while Triton starts
+                pass
+            if time.monotonic() >= end:
+                raise UserError(f"{model} at {self.address} was not ready after {seconds:g} s")
+            time.sleep(0.5)
+
     def close(self) -> None:
         self.client.close()
 

@@ -34,7 +34,9 @@ def add_arguments(name: str, p) -> None:
         for flag, kind in (("--height", int), ("--width", int), ("--steps", int), ("--seed", int),
                            ("--cfg", float), ("--cfg-img", float)):
             p.add_argument(flag, type=kind, help="default: the server's")
-        p.add_argument("--timeout", type=float, default=600.0, help="seconds")
+        p.add_argument("--timeout", type=float, default=600.0, help="seconds one request may take")
+        p.add_argument("--wait", type=float, default=0.0,
+                       help="seconds to wait for a server that is still starting (0: ask once)")
         p.add_argument("--out", required=True, help="output PNG (written atomically)")
         return
     _repo_arguments(p)
@@ -166,12 +168,16 @@ def _client(args) -> int:
                        image, args.cfg_img)
     client = Client(args.url, args.timeout)
     try:
+        if args.wait > 0:
+            client.wait_ready(req.model, args.wait)
         pixels = client.infer(req)
     finally:
         client.close()
     with atomic_path(args.out) as tmp:
         Image.fromarray(np.asarray(pixels, np.uint8)).save(tmp, format="PNG")
-    print(f"wrote {args.out} ({pixels.shape[0]}x{pixels.shape[1]}, {req.model})")
+    why = "" if args.height or args.width or image is not None else \
+        ": the server's default size, its first exported resolution (ask with --height/--width)"
+    print(f"wrote {args.out} ({pixels.shape[0]}x{pixels.shape[1]}, {req.model}{why})")
     return 0
 
 
