@@ -56,6 +56,7 @@ class HashCache:
         self.new: dict[str, dict] = {}
         self.hashed: list[Path] = []
         self.hashed_bytes = 0
+        self._paths: dict[str, Path] = {}      # key -> the path a new stamp was taken through (for settle)
 
     def _read(self) -> dict:
         try:
@@ -86,9 +87,33 @@ class HashCache:
         self.hashed.append(Path(path))
         self.hashed_bytes += after.st_size
         if _stamp(before) == _stamp(after) and _key(before) == _key(after):
-            self.new[_key(after)] = {"path": str(Path(path).resolve()), **_stamp(after), "sha256": digest,
+            self.new[_key(after)] = {"path": self._path_text(path), **_stamp(after), "sha256": digest,
                                      "checked_ns": time.time_ns()}
+            self._paths[_key(after)] = Path(path)
         return digest
+
+    def settle(self) -> list[Path]:
+        """Hash once more, after the racy window has passed, every file whose new stamp was taken within
+        ``RACY_NS`` of its last change, so that the next check of it only stats (for a writer whose files are read
+        next by another process, e.g. a Triton repository; waits at most ``RACY_NS``). Returns those files."""
+        taken = {k: self.new.get(k) or self.entries.get(k) for k in self._paths}     # saved or not yet
+        racy = {k: e for k, e in taken.items() if isinstance(e, dict) and e["checked_ns"] - e["ctime_ns"] < RACY_NS}
+        if not racy:
+            return []
+        wait_ns = max(e["ctime_ns"] for e in racy.values()) + RACY_NS - time.time_ns()
+        if wait_ns > 0:
+            time.sleep(wait_ns / 1e9)
+        for key in racy:
+            self.sha256(self._paths[key])
+        return [self._paths[k] for k in racy]
+
+    def _path_text(self, path: str | Path) -> str:
+        """The file's path for the store: relative to the store's folder when inside it (so a renamed folder keeps
+        its stamps), else absolute."""
+        full = Path(path).resolve()
+        if self.store is not None and full.is_relative_to(self.store.parent.resolve()):
+            return full.relative_to(self.store.parent.resolve()).as_posix()
+        return str(full)
 
     def save(self) -> bool:
         """Merge the new stamps into the store (atomically, under its lock); False when it cannot be written."""
@@ -96,7 +121,7 @@ class HashCache:
             return True
         try:
             with folder_lock(self.store.with_name(self.store.name + ".lock"), "integrity stamps", wait=True):
-                merged = {k: v for k, v in self._read().items() if _live(k, v)} | self.new
+                merged = {k: v for k, v in self._read().items() if _live(self.store.parent, k, v)} | self.new
                 write_json(self.store, {"version": STORE_VERSION, "files": merged})
         except (OSError, UserError):      # an unwritable folder: later checks hash in full again
             return False
@@ -105,11 +130,11 @@ class HashCache:
         return True
 
 
-def _live(key: str, entry) -> bool:
-    """A stored stamp whose file still exists under its recorded path and inode."""
+def _live(folder: Path, key: str, entry) -> bool:
+    """A stored stamp whose file still exists under its recorded path (relative to ``folder``) and inode."""
     if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
         return False
     try:
-        return _key(os.stat(entry["path"])) == key
+        return _key(os.stat(folder / entry["path"])) == key
     except OSError:
         return False

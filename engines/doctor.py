@@ -114,6 +114,41 @@ def build_estimates(artifacts: Path, graphs: list[str] | None) -> list[tuple[str
     return out
 
 
+def artifacts_section(artifacts: Path) -> Section:
+    """Who writes the folder now, what interrupted runs left there, and what the next load will hash in full
+    (stat only: nothing is hashed here)."""
+    from nextstep_trt.core.locks import describe_owner, lock_holder
+    from nextstep_trt.export.manifest import Manifest
+    from nextstep_trt.export.scratch import LOCK, leftovers
+
+    s = Section(f"artifacts folder {artifacts}")
+    holder = lock_holder(artifacts / LOCK)
+    s.add("writer (lock)", "none" if holder is None else f"held by {describe_owner(holder)}")
+    found = leftovers(artifacts, locked=False)
+    s.add("leftovers", "none" if not found else f"{len(found)} (stale ones go at the next export/quantize, "
+          f"or now with `doctor --artifacts {artifacts} --clean`)")
+    for item in found:
+        s.add("  leftover", item.line())
+    manifest = Manifest.load(artifacts)
+    pending, missing, files = 0, [], 0
+    for g in manifest.data["graphs"].values():
+        for entry in g["precisions"].values():
+            for rel in (entry.get("hashes") or {}):
+                files += 1
+                path = artifacts / rel
+                if not path.is_file():
+                    missing.append(rel)
+                elif manifest.hashes.cached(path) is None:
+                    pending += path.stat().st_size
+    s.add("integrity stamps", f"{files} recorded files; "
+          + (f"{_mib(pending)} will be hashed in full at the next load (new or changed since last checked)"
+             if pending else "every file unchanged since it was last hashed (loads stat only)")
+          + (f"; missing: {', '.join(missing[:3])}" if missing else ""))
+    source = manifest.data["model"].get("source")
+    s.add("exported from", source.get("path", "?") if isinstance(source, dict) else "not recorded (older export)")
+    return s
+
+
 def estimate_section(estimates: list[tuple[str, str, int, int]]) -> Section:
     s = Section(f"build estimate (peak ~ {BUILD_PEAK_FACTOR}x ONNX weights, >= {_mib(BUILD_BASELINE)})")
     for graph, precision, size, peak in estimates:
@@ -168,6 +203,7 @@ def doctor_report(artifacts: str | Path | None = None, graphs: list[str] | None 
     sections = [software, gpu_section(probe), host_section(artifacts)]
     if artifacts is not None:
         sections.append(estimate_section(estimates))
+        sections.append(artifacts_section(artifacts))
     sections.append(verdict_section(facts, probe, estimates))
     return sections
 

@@ -95,7 +95,8 @@ class Manifest:
                 return old
         except UserError:
             pass
-        model = {"fingerprint": cfg.fingerprint(), "config": model_config_dict(cfg), "vae_config": vae_config_dict(cfg.vae)}
+        model = {"fingerprint": cfg.fingerprint(), "config": model_config_dict(cfg),
+                 "vae_config": vae_config_dict(cfg.vae)}
         fresh.data = {"format_version": FORMAT_VERSION, "spec_version": SPEC_VERSION,
                       "model": model | ({"source": source} if source else {}),
                       "profile": profile.to_dict(), "versions": versions(), "graphs": {}}
@@ -229,5 +230,7 @@ def _same_files(old: dict | None, new: dict) -> bool:
     """Two model identities name the same files with the same bytes."""
     if not isinstance(old, dict) or not isinstance(old.get("files"), dict):
         return False
-    strip = lambda files: {k: (v.get("bytes"), v.get("sha256")) for k, v in files.items() if isinstance(v, dict)}  # noqa: E731
+    def strip(files: dict) -> dict:
+        return {k: (v.get("bytes"), v.get("sha256")) for k, v in files.items() if isinstance(v, dict)}
+
     return strip(old["files"]) == strip(new["files"])

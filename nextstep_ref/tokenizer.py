@@ -70,12 +70,18 @@ def load_tokenizer(model_dir: str | Path, tokens: SpecialTokens):
     from transformers import AutoTokenizer
     from transformers.utils import logging
 
+    from nextstep_trt.core.jsonfile import read_json
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):      # a damaged file is named before the library
+        if (Path(model_dir) / name).exists():
+            read_json(Path(model_dir) / name, "tokenizer file")
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # config.json's model_type "nextstep" is unknown to transformers; that is fine
     try:
         tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load the tokenizer from {model_dir}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # tokenizers raises bare Exception/TypeError/AttributeError for wrong field types
+        raise UserError(f"cannot load the tokenizer from {model_dir}: {(str(err).splitlines() or [''])[0][:300]}") \
+            from None
     finally:
         logging.set_verbosity(verbosity)
     for name, text in SPECIAL_STRINGS.items():

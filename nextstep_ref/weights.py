@@ -163,8 +163,8 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, HeaderEntry], b
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        ok = isinstance(info, dict) and info.get("dtype") in SAFETENSORS_ITEMSIZE and isinstance(info.get("shape"), list)
-        ok = ok and all(isinstance(d, int) and d >= 0 for d in info["shape"])
+        ok = isinstance(info, dict) and info.get("dtype") in SAFETENSORS_ITEMSIZE
+        ok = ok and isinstance(info.get("shape"), list) and all(isinstance(d, int) and d >= 0 for d in info["shape"])
         offsets = info.get("data_offsets") if ok else None
         ok = ok and isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
         if not ok:

@@ -6,13 +6,14 @@ TensorRT flavour, version and GPU that run it, and refuses anything else with th
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from nextstep_trt.core.digests import HashCache
 from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.jsonfile import read_json
 from nextstep_trt.core.precision import Precision
-from nextstep_trt.export.manifest import sha256_file
+from nextstep_trt.export.filecheck import INTEGRITY
 
 PLAN, MANIFEST = "engine.plan", "manifest.json"
 
@@ -40,12 +41,12 @@ def plan_dir(artifacts: Path, graph: str, precision: Precision, key: str) -> Pat
 
 def read_engine_manifest(folder: Path) -> dict:
     path = folder / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{folder} has no {MANIFEST}: not a complete engine (rebuild with --force)")
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{folder} has no {MANIFEST}: not a complete engine (rebuild with --force)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not valid JSON ({err}): rebuild with --force") from None
+        return read_json(path, "engine manifest")
+    except UserError as err:
+        raise UserError(f"{err}: rebuild with --force") from None
 
 
 def mismatch(record: dict, target: Target) -> str | None:
@@ -73,7 +74,10 @@ def check_plan(folder: Path, target: Target) -> dict:
     size = plan.stat().st_size
     if size != record.get("plan_bytes"):
         raise UserError(f"refusing {plan}: {size} bytes, the manifest says {record.get('plan_bytes')} (truncated?)")
-    if sha256_file(plan) != record.get("plan_sha256"):
+    stamps = HashCache(folder.parents[3] / INTEGRITY)   # ART/engines/<graph>/<precision>/<key>: hashed once per change
+    digest = stamps.sha256(plan)
+    stamps.save()
+    if digest != record.get("plan_sha256"):
         raise UserError(f"refusing {plan}: sha256 does not match its manifest (corrupted)")
     return record
 

@@ -17,12 +17,13 @@ from nextstep_trt.core.errors import UserError
 from nextstep_trt.core.fileio import atomic_dir
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.ref.config import load_config
+from nextstep_trt.ref.identity import model_files
 
 from .limits import EDIT_MODEL, INPUTS, OUTPUTS, T2I_MODEL, ServeLimits, serve_limits, served_models
 
 LINK_MODES = ("copy", "hardlink", "symlink")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
+# what a repository never takes from an artifacts folder: scratch of interrupted runs, locks, temporary files
+NOT_COPIED = (".export-*", "*.tmp", ".lock", "*.lock", ".probe-*")
 MODEL_PY = '''"""NextStep-1 on Triton's Python backend, written by `nextstep-trt triton-repo`: the whole generation loop
 (prefill, per-token sampler and backbone steps, VAE) runs inside this one model. The Python environment of the
 backend stub needs nextstep-trt installed (plus tensorrt for the tensorrt backend)."""
@@ -63,7 +64,8 @@ def config_pbtxt(name: str, limits: ServeLimits, opts: RepoOptions) -> str:
     """The model configuration in protobuf text format."""
     kind = "KIND_GPU" if opts.backend == "tensorrt" else "KIND_CPU"
     params = {"artifacts": "assets/artifacts", "model_dir": "assets/model", "backend": opts.backend,
-              "precision": opts.precision, "threads": str(opts.threads), "warmup": "1" if opts.warmup else "0"}
+              "precision": opts.precision, "threads": str(opts.threads), "warmup": "1" if opts.warmup else "0",
+              "link": opts.link}
     text = (f'name: "{name}"\nbackend: "python"\nmax_batch_size: {limits.max_batch}\n'
             + _tensor_block("input", INPUTS[name]) + _tensor_block("output", OUTPUTS[name])
             + f"dynamic_batching {{\n  max_queue_delay_microseconds: {int(opts.max_queue_delay_ms * 1000)}\n}}\n"
@@ -81,7 +83,7 @@ def _place(src: Path, dst: Path, mode: str) -> None:
         return
     if src.is_dir():
         copy = shutil.copy2 if mode == "copy" else _link_or_copy
-        shutil.copytree(src, dst, copy_function=copy)
+        shutil.copytree(src, dst, copy_function=copy, ignore=shutil.ignore_patterns(*NOT_COPIED))
     elif mode == "copy":
         shutil.copy2(src, dst)
     else:
@@ -97,11 +99,7 @@ def _link_or_copy(src: str | Path, dst: str | Path) -> None:
 
 def _model_files(model_dir: Path) -> list[Path]:
     """The small files the runtime reads from a model folder: configs and tokenizer, never weights."""
-    import json
-
-    vae = json.loads((model_dir / "config.json").read_text()).get("vae_name_or_path", "vae/")
-    files = [Path("config.json"), Path(vae) / "config.json"]
-    return files + [Path(f) for f in TOKENIZER_FILES if (model_dir / f).is_file()]
+    return [Path(rel) for rel, kind in model_files(model_dir).items() if kind != "weights"]
 
 
 def check_options(opts: RepoOptions) -> Manifest:
@@ -111,7 +109,7 @@ def check_options(opts: RepoOptions) -> Manifest:
     if opts.instances < 1 or opts.max_queue_delay_ms < 0:
         raise UserError("need at least 1 instance and a queue delay >= 0")
     manifest = Manifest.load(opts.artifacts)
-    manifest.check_model(load_config(opts.model_dir))
+    manifest.check_model(load_config(opts.model_dir), opts.model_dir)
     for graph in manifest.graphs:
         manifest.entry(graph, opts.precision)  # the precision exists for every exported graph
     return manifest
@@ -131,8 +129,20 @@ def write_models(root: Path, opts: RepoOptions, manifest: Manifest) -> dict[str,
         _place(Path(opts.artifacts), model / "assets" / "artifacts", opts.link)
         for rel in _model_files(Path(opts.model_dir)):
             _place(Path(opts.model_dir) / rel, model / "assets" / "model" / rel, "copy")
+        check_placed(model / "assets" / "artifacts")
         out[name] = limits
     return out
+
+
+def check_placed(artifacts: Path) -> None:
+    """Hash every graph file where the repository put it: a bad copy is refused now, and the stamps written next
+    to it let the server's start stat the files instead of hashing them."""
+    manifest = Manifest.load(artifacts)
+    bad = [c for c in manifest.check_all_files() if not c.ok]
+    if bad:
+        raise UserError(f"refusing to write the repository: {bad[0].path}: {bad[0].detail}")
+    manifest.hashes.settle()          # files placed a moment ago: stamps the server can trust
+    manifest.hashes.save()
 
 
 def write_repo(opts: RepoOptions) -> dict[str, ServeLimits]:

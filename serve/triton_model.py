@@ -28,6 +28,16 @@ def model_parameters(model_config: dict) -> dict[str, str]:
     return {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
 
 
+def asset(root: Path, params: dict[str, str], key: str) -> Path:
+    """A folder named by a config parameter, inside the model's folder (no '..', absolute path or link leaving it).
+    With ``link: symlink`` (``triton-repo --link symlink``, and ``serve``) the artifacts folder itself is the link
+    the operator asked for: it is checked as written, and the files inside it are checked by its manifest."""
+    from nextstep_trt.core.paths import inside
+
+    linked = key == "artifacts" and params.get("link") == "symlink"
+    return inside(root, params.get(key, ""), f"{root / 'config.pbtxt'}: parameter {key}", follow_links=not linked)
+
+
 class TritonPythonModel:
     """Triton calls initialize once per instance, execute per batch of requests, finalize at unload."""
 
@@ -41,7 +51,8 @@ class TritonPythonModel:
         root = Path(args["model_repository"])
         self.name = config["name"]
         self.inputs = [t.name for t in INPUTS[self.name]]
-        self.runner = open_runner(root / params["artifacts"], root / params["model_dir"], params["backend"],
+        artifacts, model_dir = asset(root, params, "artifacts"), asset(root, params, "model_dir")
+        self.runner = open_runner(artifacts, model_dir, params["backend"],
                                   params.get("precision", "fp32"), edit=self.name == EDIT_MODEL,
                                   max_batch=int(config["max_batch_size"]), threads=int(params.get("threads", "0")))
         if params.get("warmup", "1") == "1":
