@@ -89,6 +89,19 @@ def build_peer(model_dir: str | Path, artifacts: str | Path, precision: str, opt
     graph = root / precision / "model.onnx"
     if graph.is_file():
         return graph
+    from nextstep_trt.export.scratch import artifacts_lock
+
+    with artifacts_lock(artifacts, log):          # the one-writer rule of the artifacts folder (export/scratch.py)
+        return _convert_and_build(model_dir, root, precision, opts, log)
+
+
+def _convert_and_build(model_dir: Path, root: Path, precision: str, opts: PeerOptions, log) -> Path:
+    """Under the folder's lock: the HF folder (once), then the builder into a scratch folder renamed into place."""
+    graph = root / precision / "model.onnx"
+    if graph.is_file():                           # another run built it before this one took the lock
+        return graph
+    for stale in root.glob(".*.tmp") if root.is_dir() else ():
+        shutil.rmtree(stale, ignore_errors=True)  # scratch of a killed build: under the lock no writer is alive
     hf = root / "hf"
     if not (hf / "model.safetensors").is_file():
         log(f"  peer: writing the Hugging Face Qwen2 folder {hf}")

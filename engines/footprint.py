@@ -4,8 +4,8 @@ from the checkpoint key map alone (torch-free; Large included).
 Formats on a GPU (TensorRT): fp32 4 bytes per weight, fp16/bf16 2; fp8: the quantized linears 1 byte (one scale
 per tensor), everything else bf16; int8 / int4 (weight-only, block-wise): the quantized linears 8 or 4 bits per weight
 plus one fp16 scale per block of ``block`` weights along the input dimension (int4 at block 32: 0.5 + 2/32 =
-0.5625 bytes per weight), everything else bf16. On the CPU, ONNX Runtime's MatMulNBits keeps fp32 scales and the
-rest in fp32 (``cpu_format``).
+0.5625 bytes per weight), everything else bf16. (On the CPU, ONNX Runtime's MatMulNBits keeps fp32 scales and the
+rest fp32; the bench counts those bytes from the graph files, bench/graph_bytes.py.)
 
 Quantized linears (issue 18's keep-list, as for fp8): the decoder layers' q/k/v/o and gate/up/down weights and the
 flow head's input_proj and MLP weights. Kept at the activation dtype: embeddings, norms, biases, the image in/out
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from nextstep_trt.core.errors import UserError
 from nextstep_trt.ref.config import NextStepConfig
-from nextstep_trt.ref.weights import backbone_shapes, head_shapes, model_shapes, vae_shapes
+from nextstep_trt.ref.weights import head_shapes, model_shapes, vae_shapes
 
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8", "int4")
 _QUANTIZED = re.compile(r"^layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$"
@@ -54,14 +54,6 @@ def gpu_format(precision: str, block: int = 32, scale_bytes: int = 2) -> WeightF
     return WeightFormat(precision, bits / 8 + scale_bytes / block, 2.0,
                         f"{bits}-bit weights + one {8 * scale_bytes}-bit scale per {block} (block-wise), the rest "
                         "bf16")
-
-
-def cpu_format(precision: str, block: int = 32) -> WeightFormat:
-    """ONNX Runtime on the CPU: MatMulNBits with fp32 scales for int8/int4, the rest fp32."""
-    if precision in ("int8", "int4"):
-        bits = 8 if precision == "int8" else 4
-        return WeightFormat(precision, bits / 8 + 4 / block, 4.0, f"{bits}-bit + fp32 scale per {block}, rest fp32")
-    return gpu_format(precision)
 
 
 def is_quantized(key: str) -> bool:
@@ -104,8 +96,3 @@ def sampler_token_bytes(cfg: NextStepConfig, fmt: WeightFormat, steps: int, fuse
     cond = tensor_bytes(shapes, fmt, lambda k: ".cond_embed." in k)
     per_step = total - cond - tensor_bytes(shapes, fmt, lambda k: ".time_embed." in k)
     return int(per_step * steps + cond)
-
-
-def backbone_parameters(cfg: NextStepConfig) -> int:
-    """Parameters of the backbone without lm_head (what a decode step's graph holds, embedding included)."""
-    return sum(math.prod(s) for k, s in backbone_shapes(cfg.backbone).items() if k != "lm_head.weight")

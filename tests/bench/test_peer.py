@@ -138,3 +138,31 @@ def test_a_peer_that_differs_from_ours_voids_its_targets():
     check_peer(report)
     assert report.peer["verified"] is False and any("conversion is wrong" in n for n in report.notes)
     assert np.isfinite(report.steps[0].timings[1].rel_l2)
+
+
+def test_a_failing_build_is_one_line_leaves_no_scratch_and_frees_the_lock(tiny_dir, tmp_path, monkeypatch):
+    import subprocess
+    from types import SimpleNamespace
+
+    from nextstep_trt.bench import step_phase
+    from nextstep_trt.bench.peer import PeerOptions, build_peer, peer_root
+    from nextstep_trt.core.errors import UserError
+
+    art = tmp_path / "art"
+    art.mkdir()
+
+    def broken(cmd, stdout, **_):
+        stdout.write("Traceback ...\nValueError: the builder broke\n")
+        return SimpleNamespace(returncode=1)
+
+    monkeypatch.setattr(subprocess, "run", broken)
+    for _ in range(2):                                   # the second call takes the (released) lock again
+        with pytest.raises(UserError, match="builder failed for int4 .*ValueError: the builder broke"):
+            build_peer(tiny_dir, art, "int4", PeerOptions(), log=lambda *_: None)
+    root = peer_root(art, tiny_dir, PeerOptions())
+    assert (root / "hf" / "model.safetensors").is_file() and not (root / "int4").exists()
+    assert not list(root.glob(".*.tmp"))
+    bench = SimpleNamespace(opts=SimpleNamespace(peer=True, model=tiny_dir, artifacts=art, precisions=("fp32",),
+                                                 peer_options=PeerOptions(), threads=1), log=lambda *_: None)
+    graphs, info = step_phase.peer_graphs(bench, SimpleNamespace(config=None))
+    assert graphs == [] and set(info["failed"]) == {"fp32", "int4"} and info["precisions"] == []
