@@ -110,6 +110,16 @@ def graph_bound(graph: str, precision: Precision, tensor: str | None = None) -> 
     return bound
 
 
+def has_mean_bound(graph: str, precision: Precision) -> bool:
+    """Whether some tensor of the graph is bounded on its mean cosine over cases (its small cases then need
+    redraws, export.components); fp32 bounds are per case only."""
+    p = Precision(precision)
+    kinds = {graph, graph_kind(graph)}
+    bounds = [b for (g, q), b in GRAPH_BOUNDS.items() if g in kinds and q is p]
+    bounds += [b for (g, q, _), b in TENSOR_BOUNDS.items() if g in kinds and q is p]
+    return any(b.mean_cosine is not None for b in bounds)
+
+
 def graph_kind(graph: str) -> str:
     """The table row a graph falls under: every fused sampler (head_sampler, head_sampler_edit_text, ...) shares
     head_sampler's bounds unless it has its own row."""

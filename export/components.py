@@ -149,11 +149,12 @@ class Component:
     reference: Callable[[ModelBundle, GraphSpec, Feeds], Feeds] | None = None   # default: run the module in torch
 
     def level1_cases(self, bundle: ModelBundle, spec: GraphSpec, profile: DeploymentProfile,
-                     rng: np.random.Generator) -> list[Case]:
-        """The validation cases, then fresh draws (``"<label> #k"``) of every case whose smallest output holds
-        fewer than DRAW_ELEMENTS values, so each case shape is judged on enough elements (see level1_means)."""
+                     rng: np.random.Generator, redraw: bool = True) -> list[Case]:
+        """The validation cases, then (``redraw``: for bounds on a mean over cases) fresh draws (``"<label> #k"``)
+        of every case whose smallest output holds fewer than DRAW_ELEMENTS values, so each case shape is judged
+        on enough elements (see level1_means)."""
         first = self.cases(bundle, spec, profile, rng)
-        draws = [_draws(spec, c.feeds) for c in first]
+        draws = [_draws(spec, c.feeds) if redraw else 1 for c in first]
         out = list(first)
         for k in range(1, max(draws, default=1)):
             again = self.cases(bundle, spec, profile, rng)
@@ -161,10 +162,11 @@ class Component:
         return out
 
     def level1_references(self, bundle: ModelBundle, spec: GraphSpec, profile: DeploymentProfile,
-                          rng: np.random.Generator, progress: Callable[[str], None] | None = None):
+                          rng: np.random.Generator, progress: Callable[[str], None] | None = None,
+                          redraw: bool = True):
         """(label, inputs, reference outputs) of every level-1 case, one case at a time; ``progress`` hears
         "i/n label" before each."""
-        cases = self.level1_cases(bundle, spec, profile, rng)
+        cases = self.level1_cases(bundle, spec, profile, rng, redraw)
         for i, case in enumerate(cases, 1):
             if progress is not None:
                 progress(f"{i}/{len(cases)} {case.label}")

@@ -70,10 +70,20 @@ def _save_case(root: Path, i: int, case: LoopCase, ref2: LoopTrace, ref3: LoopTr
 def record(reference, specs: dict[str, GraphSpec], out_dir: str | Path, meta: dict, log=print) -> Path:
     """Write a golden folder from a live reference (level-1 cases of every graph in ``specs``, every loop case)."""
     out_dir = Path(out_dir)
+    check_golden_out(out_dir)
     try:
         return _record(reference, specs, out_dir, meta, log)
     except OSError as err:                 # disk full, read-only: nothing replaced (atomic_dir)
         raise UserError(f"cannot write the golden folder {out_dir}: {describe_os_error(err)}") from None
+
+
+def check_golden_out(out_dir: str | Path) -> None:
+    """Refuse an ``--out`` that is a file, or a folder with other content (a golden folder replaces it whole)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; name a folder for the golden files")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "golden.json").is_file():
+        raise UserError(f"{out_dir} exists and is not a golden folder (it would be replaced): choose another --out")
 
 
 def _record(reference, specs: dict[str, GraphSpec], out_dir: Path, meta: dict, log) -> Path:
@@ -122,12 +132,15 @@ class GoldenReference:
             raise UserError(f"golden {self.root} was recorded for model {self.meta.get('fingerprint')}, "
                             f"the artifacts are for {fingerprint}")
 
-    def level1(self, spec: GraphSpec) -> list[tuple[str, dict, dict]]:
+    def level1(self, spec: GraphSpec, redraw: bool = True) -> list[tuple[str, dict, dict]]:
+        """The recorded cases of one graph (``redraw=False``: without the extra draws, labels "... #k")."""
         entry = self.meta["graphs"].get(spec.name)
         if entry is None:
             return []
         out = []
         for i, label in enumerate(entry["cases"]):
+            if not redraw and " #" in label:
+                continue
             z = self._arrays(f"level1/{spec.name}/case_{i}.npz")
             feeds = {k[3:]: v for k, v in z.items() if k.startswith("in/")}
             ref = {k[4:]: v for k, v in z.items() if k.startswith("out/")}

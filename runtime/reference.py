@@ -24,10 +24,11 @@ class LiveReference:
         self.bundle, self.profile, self.seed = bundle, profile, seed
         self._cases: list[LoopCase] | None = None
 
-    def level1(self, spec: GraphSpec) -> list[tuple[str, dict, dict]]:
-        """(case label, inputs, reference outputs) for one graph, on the same cases as export validation."""
+    def level1(self, spec: GraphSpec, redraw: bool = True) -> list[tuple[str, dict, dict]]:
+        """(case label, inputs, reference outputs) for one graph, on the same cases as export validation
+        (``redraw``: with the extra draws a bound on the mean over cases needs)."""
         return list(COMPONENTS[spec.name].level1_references(self.bundle, spec, self.profile,
-                                                            np.random.default_rng(self.seed)))
+                                                            np.random.default_rng(self.seed), redraw=redraw))
 
     def cases(self) -> list[LoopCase]:
         if self._cases is None:
