@@ -106,6 +106,8 @@ def trace(module: torch.nn.Module, spec: GraphSpec, opset: int = OPSET,
                                     dynamic_shapes=dynamic_shapes(module, spec),
                                     input_names=spec.input_names, output_names=spec.output_names,
                                     opset_version=opset, optimize=True, verbose=False)
+    for rewrite in getattr(module, "onnx_rewrites", ()):      # graph rewrites the wrapper asks for (graphs.py)
+        rewrite(program.model)
     model = program.model_proto
     _name_output_dims(model, spec)
     model = clean(model)

@@ -30,6 +30,10 @@ class CastIO(nn.Module):
         super().__init__()
         self.inner, self.dtype = inner, dtype
 
+    @property
+    def onnx_rewrites(self) -> tuple:
+        return getattr(self.inner, "onnx_rewrites", ())
+
     def forward(self, *args):
         out = self.inner(*[a.to(self.dtype) if a.is_floating_point() else a for a in args])
         if isinstance(out, (tuple, list)):
@@ -52,6 +56,8 @@ def trace_meta(module: nn.Module, spec: GraphSpec, opset: int):
                                          output_names=spec.output_names, opset_version=opset, verbose=False)
     model = onnx_program.model
     fold_weight_free(model)
+    for rewrite in getattr(module, "onnx_rewrites", ()):      # e.g. fused q/k/v: Concat nodes of the checkpoint tensors
+        rewrite(model)
     return model, sizes, time.perf_counter() - start
 
 

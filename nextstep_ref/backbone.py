@@ -14,7 +14,12 @@ from .config import BackboneConfig
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm computed in fp32; the weight multiplies after casting back to the input dtype."""
+    """RMSNorm computed in fp32; the weight multiplies after casting back to the input dtype.
+
+    Written ``h / sqrt(mean(h^2) + eps)`` (not ``h * rsqrt(...)``, transformers' form: the same value to an ulp)
+    because that is the pattern ONNX Runtime's SimplifiedLayerNormFusion matches (Pow, ReduceMean, Add, Sqrt,
+    Div, Mul): each exported norm runs as one kernel instead of seven; TensorRT parses both forms.
+    """
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -23,7 +28,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        h = h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
 
 

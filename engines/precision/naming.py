@@ -2,8 +2,10 @@
 
 The exporter folds transposed weights into anonymous initializers (``val_59``) and names nodes by op
 (``node_linear_4``), so a node's module is recovered from its weight's VALUES: an initializer equal to a
-parameter ``W`` (Gemm) or to ``W.T`` (MatMul) is that parameter. Names are the model's own state-dict keys
-(``layers.0.self_attn.q_proj.weight``, ``image_head.net.final_layer.linear.weight``), the same for every graph.
+parameter ``W`` (Gemm) or to ``W.T`` (MatMul) is that parameter. A fused MatMul weight (the backbone's q/k/v and
+gate/up, nextstep_trt.export.fuse) is the parameters' ``W.T`` side by side: its columns are walked, each run of
+columns matched to the parameter whose first row equals its first column. Names are the model's own state-dict
+keys (``layers.0.self_attn.q_proj.weight``, ``image_head.net.final_layer.linear.weight``), the same for every graph.
 """
 from __future__ import annotations
 
@@ -32,6 +34,34 @@ def parameter_index(params: dict[str, np.ndarray]) -> dict[str, list[str]]:
     return index
 
 
+def row_index(params: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """{digest of a 2-D parameter's first row: parameter names}: where a run of a fused weight's columns starts."""
+    index: dict[str, list[str]] = {}
+    for name, value in params.items():
+        if value.ndim == 2:
+            index.setdefault(_digest(value[0]), []).append(name)
+    return index
+
+
+def column_parts(weight: np.ndarray, params: dict[str, np.ndarray], rows: dict[str, list[str]],
+                 full: dict[str, list[str]]) -> list[tuple[str, int, int]]:
+    """A MatMul weight [K,N] as runs of columns, each one parameter's ``W.T``: [(name, start, stop)], or [] when
+    some column run matches no parameter."""
+    parts, start = [], 0
+    while start < weight.shape[1]:
+        found = None
+        for name in rows.get(_digest(weight[:, start]), []):
+            stop = start + params[name].shape[0]
+            if stop <= weight.shape[1] and name in full.get(_digest(weight[:, start:stop]), []):
+                found = (name, start, stop)
+                break
+        if found is None:
+            return []
+        parts.append(found)
+        start = found[2]
+    return parts
+
+
 def linear_nodes(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str, str]]:
     """(node, activation input, weight initializer) for each MatMul/Gemm whose second input is a constant."""
     inits = {i.name for i in model.graph.initializer}
@@ -43,17 +73,29 @@ def linear_nodes(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str, str]
     return out
 
 
-def node_parameters(model: onnx.ModelProto, params: dict[str, np.ndarray]) -> dict[str, list[str]]:
-    """{linear node name: the parameter names its weight equals} (empty list: no parameter matched)."""
-    index = parameter_index(params)
+def weight_parts(model: onnx.ModelProto, params: dict[str, np.ndarray]) -> dict[str, list[tuple[str, int, int]]]:
+    """{linear node name: [(parameter, first column, end column)]}: one entry per parameter a whole weight equals
+    (columns 0..N each), the column runs of a fused MatMul weight, or [] when nothing matched."""
+    index, rows = parameter_index(params), None
     inits = {i.name: i for i in model.graph.initializer}
-    cache: dict[str, list[str]] = {}
+    cache: dict[str, list[tuple[str, int, int]]] = {}
     out = {}
     for node, _, weight in linear_nodes(model):
         if weight not in cache:
-            cache[weight] = sorted(set(index.get(_digest(numpy_helper.to_array(inits[weight])), [])))
+            value = numpy_helper.to_array(inits[weight])
+            whole = sorted(set(index.get(_digest(value), [])))
+            width = value.shape[-1] if node.op_type == "MatMul" else value.shape[0]
+            cache[weight] = [(n, 0, width) for n in whole]
+            if not whole and node.op_type == "MatMul" and value.ndim == 2:
+                rows = rows if rows is not None else row_index(params)
+                cache[weight] = column_parts(value, params, rows, index)
         out[node.name] = cache[weight]
     return out
+
+
+def node_parameters(model: onnx.ModelProto, params: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """{linear node name: the parameter names its weight equals or, fused, is made of} (empty: none matched)."""
+    return {node: [name for name, _, _ in parts] for node, parts in weight_parts(model, params).items()}
 
 
 def matches(names: list[str], patterns: list[str]) -> str | None:
