@@ -69,7 +69,7 @@ def run(args) -> int:
     timing: dict[str, float] = {}
     sampler = SamplerConfig(steps=args.steps, shift=1.0, use_norm=True)
     profile = DeploymentProfile(max_batch=4, max_text_tokens=32, resolutions=parse_resolutions(RESOLUTIONS),
-                                t2i_sampler=sampler, edit_sampler=SamplerConfig(args.steps, 3.2, use_norm=True))
+                                t2i_sampler=sampler, edit=False)     # text to image: the editing graphs are skipped
     print(f"[1/6] tiny random-weight model -> {out / 'model'}")
     _timed(timing, "init_model_s", lambda: save_model_folder(out / "model", tiny(), *init_random(tiny(), args.seed),
                                                               max_shard_bytes=2**17))
