@@ -114,6 +114,14 @@ def build_estimates(artifacts: Path, graphs: list[str] | None) -> list[tuple[str
     return out
 
 
+def _unfinished(artifacts: Path) -> bool:
+    """A folder with no manifest but with what an export leaves in it (its lock file, scratch, temporary files)."""
+    from nextstep_trt.export.manifest import MANIFEST
+    from nextstep_trt.export.scratch import LOCK, leftovers
+
+    return not (artifacts / MANIFEST).is_file() and ((artifacts / LOCK).is_file() or bool(leftovers(artifacts)))
+
+
 def artifacts_section(artifacts: Path) -> Section:
     """Who writes the folder now, what interrupted runs left there, and what the next load will hash in full
     (stat only: nothing is hashed here)."""
@@ -129,6 +137,8 @@ def artifacts_section(artifacts: Path) -> Section:
           f"or now with `doctor --artifacts {artifacts} --clean`)")
     for item in found:
         s.add("  leftover", item.line())
+    if _unfinished(artifacts):
+        return s.add("manifest", "none yet: no graph was recorded (an interrupted first export?)")
     manifest = Manifest.load(artifacts)
     pending, missing, files = 0, [], 0
     for g in manifest.data["graphs"].values():
@@ -199,10 +209,12 @@ def doctor_report(artifacts: str | Path | None = None, graphs: list[str] | None 
         raise UserError("--graphs needs --artifacts")
     probe = probe_gpu()
     software, facts = software_section()
-    estimates = build_estimates(artifacts, graphs) if artifacts is not None else []
+    # a folder an interrupted first export left (no manifest yet, scratch in it) still gets its leftovers reported
+    estimates = build_estimates(artifacts, graphs) if artifacts is not None and not _unfinished(artifacts) else []
     sections = [software, gpu_section(probe), host_section(artifacts)]
     if artifacts is not None:
-        sections.append(estimate_section(estimates))
+        if estimates:
+            sections.append(estimate_section(estimates))
         sections.append(artifacts_section(artifacts))
     sections.append(verdict_section(facts, probe, estimates))
     return sections

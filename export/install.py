@@ -39,6 +39,18 @@ class ExportOptions:
     dtype: Precision = Precision.FP32        # weight dtype of the graphs; bf16 needs low_memory
 
 
+def export_disk_need(cfg, profile: DeploymentProfile, graphs, out_dir: Path,
+                     precision: Precision = Precision.FP32) -> int:
+    """Bytes an export of ``graphs`` adds at its peak: every graph not there yet, plus the largest one replaced
+    (graphs are replaced one at a time, the old file kept until the new one validated); from the weight counts."""
+    from .sizes import graph_weight_bytes
+
+    sizes = graph_weight_bytes(cfg, profile, Precision(precision).value)
+    folder = Path(out_dir) / Precision(precision).value
+    replaced = [sizes.get(g, 0) for g in graphs if (folder / f"{g}.onnx").is_file()]
+    return sum(sizes.get(g, 0) for g in graphs) - sum(replaced) + max(replaced, default=0)
+
+
 def check_writable(out_dir: Path) -> None:
     """Create the folder and prove a file can be written there; a UserError otherwise."""
     try:
@@ -71,9 +83,11 @@ def _write(write: Callable[[Path], list[Path]], scratch: Path, graph: str, out_d
 def install_graph(spec: GraphSpec, sizes: dict[str, int], seconds: float, write: Callable[[Path], list[Path]],
                   validate: Callable[[Path], ParityReport], out_dir: Path, manifest: Manifest,
                   precision: Precision = Precision.FP32, extra: dict | None = None,
-                  trt_parse: bool = True) -> ParityReport:
+                  trt_parse: bool = True, trt_graph: str | None = None) -> ParityReport:
     """Write into a scratch folder, lint, validate, then install and record; a failing graph never replaces a good
-    one (export and quantize both install through here; the caller holds the folder's lock, ``scratch.py``)."""
+    one (export and quantize both install through here; the caller holds the folder's lock, ``scratch.py``).
+    ``write`` returns the graph first; every ``.onnx`` it writes (int4/int8: also the TensorRT deployment,
+    ``trt_graph``, the file TensorRT-RTX parses) is hashed into the record with its external data."""
     scratch = _write(lambda _: make_scratch(out_dir, spec.name), out_dir, spec.name, out_dir)
     try:
         files = _write(write, scratch, spec.name, out_dir)
@@ -91,7 +105,8 @@ def install_graph(spec: GraphSpec, sizes: dict[str, int], seconds: float, write:
     fault_point("installed")
     opset = next(o.version for o in onnx.load(installed[0], load_external_data=False).opset_import
                  if o.domain in ("", "ai.onnx"))
-    hashes = manifest.hash_files(graph_files(installed[0]))
+    hashes = manifest.hash_files([f for p in installed if p.suffix == ".onnx" for f in graph_files(p)])
+    parsed = installed[0].with_name(trt_graph) if trt_graph else installed[0]
     record = {"file": str(installed[0].relative_to(out_dir)),
               "files": [str(p.relative_to(out_dir)) for p in installed],
               "bytes": sum(p.stat().st_size for p in installed),
@@ -99,7 +114,7 @@ def install_graph(spec: GraphSpec, sizes: dict[str, int], seconds: float, write:
               "seconds": round(seconds, 3), "opset": opset,
               "validated": bool(report.rows), "validation": _summary(report),
               "lint": [f"{f.severity} {f.code} {f.node}: {f.message}" for f in findings],
-              "trt_parse": trt_parse_summary(installed[0]) if trt_parse else
+              "trt_parse": trt_parse_summary(parsed) | ({"file": trt_graph} if trt_graph else {}) if trt_parse else
               {"checked": False, "reason": "skipped: parsing reads every weight into memory"}}
     manifest.record_graph(spec, sizes, precision, record | (extra or {}))
     manifest.save()

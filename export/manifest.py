@@ -43,7 +43,9 @@ def _check_structure(path: Path, data: dict) -> None:
     for key in ("config", "vae_config"):
         field(model, key, dict, f"{where}: model")
     if "source" in model:
-        field(field(model, "source", dict, f"{where}: model"), "files", dict, f"{where}: model.source")
+        files = field(field(model, "source", dict, f"{where}: model"), "files", dict, f"{where}: model.source")
+        if not all(isinstance(f, dict) for f in files.values()):
+            raise UserError(f"{where}: model.source.files must map file names to objects")
     field(data, "profile", dict, where)
     for name, g in field(data, "graphs", dict, where).items():
         if name not in GRAPHS:
@@ -53,9 +55,12 @@ def _check_structure(path: Path, data: dict) -> None:
             if p not in {q.value for q in Precision}:
                 raise UserError(f"{where}: graphs.{name} has an unknown precision {p!r}")
             field(entry, "file", str, f"{where}: graphs.{name}.{p}")
-            hashes = entry.get("hashes", {}) if isinstance(entry, dict) else {}
-            if not isinstance(hashes, dict) or not all(isinstance(v, str) for v in hashes.values()):
-                raise UserError(f"{where}: graphs.{name}.{p}.hashes must map file names to sha256 strings")
+            if "sha256" in entry:
+                field(entry, "sha256", str, f"{where}: graphs.{name}.{p}")
+            for key in ("hashes", "io_dtypes"):        # file -> sha256, tensor -> dtype
+                value = entry.get(key, {})
+                if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                    raise UserError(f"{where}: graphs.{name}.{p}.{key} must map names to strings")
 
 
 class Manifest:
@@ -172,10 +177,9 @@ class Manifest:
         """The graph's spec, with the precision graph's I/O dtypes if they differ."""
         entry = self.entry(graph, precision)
         try:
-            spec = GraphSpec.from_dict(self.data["graphs"][graph]["spec"])
+            return GraphSpec.from_dict(self.data["graphs"][graph]["spec"]).with_dtypes(entry.get("io_dtypes", {}))
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(f"{self.root / MANIFEST}: damaged spec of {graph} ({type(err).__name__}: {err})") from None
-        return spec.with_dtypes(entry.get("io_dtypes", {}))
 
     def path(self, graph: str, precision: Precision = Precision.FP32, verify: bool = True) -> Path:
         """The graph file, inside the folder; with ``verify`` its bytes and its external data's are checked against

@@ -6,11 +6,12 @@ from pathlib import Path
 from nextstep_trt.core.errors import UserError
 from nextstep_trt.core.precision import Precision
 from nextstep_trt.core.report import ParityReport
+from nextstep_trt.core.resources import require_disk
 from nextstep_trt.ref.checkpoint import ModelBundle, load_model
 
 from .components import COMPONENTS
 from .exporter import save, trace
-from .install import ExportOptions, check_writable, install_graph
+from .install import ExportOptions, check_writable, export_disk_need, install_graph
 from .manifest import Manifest
 from .profile import graph_specs
 from .scratch import artifacts_lock
@@ -51,6 +52,8 @@ def export_all(opts: ExportOptions, bundle: ModelBundle | None = None, log=print
     bundle = bundle or load_model(opts.model_dir, with_tokenizer=False)
     specs = graph_specs(bundle.config, opts.profile, opts.graphs)
     check_writable(opts.out_dir)
+    require_disk(opts.out_dir, export_disk_need(bundle.config, opts.profile, specs, opts.out_dir),
+                 f"the export of {', '.join(specs)}")          # a full disk is refused before tracing
     with artifacts_lock(opts.out_dir, log):                  # one writer per folder; removes dead runs' scratch
         manifest = Manifest.open_for_export(opts.out_dir, bundle.config, opts.profile, opts.model_dir)
         report = ParityReport()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nextstep_trt.core.errors import UserError
-from nextstep_trt.core.fileio import atomic_dir
+from nextstep_trt.core.fileio import atomic_dir, describe_os_error
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.ref.config import load_config
 from nextstep_trt.ref.identity import model_files
@@ -149,9 +149,15 @@ def write_repo(opts: RepoOptions) -> dict[str, ServeLimits]:
     """Write the repository at ``opts.out`` atomically; an existing folder is replaced only if it is a repo."""
     manifest = check_options(opts)
     out = Path(opts.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; name a folder for the repository")
     if out.exists() and any(out.iterdir()) and not any((out / m / "config.pbtxt").is_file()
                                                        for m in (T2I_MODEL, EDIT_MODEL)):
         raise UserError(f"{out} exists and is not a nextstep-trt model repository: choose another --out")
-    with atomic_dir(out) as tmp:
-        models = write_models(tmp, opts, manifest)
+    try:
+        with atomic_dir(out) as tmp:
+            models = write_models(tmp, opts, manifest)
+    except OSError as err:             # a full disk while copying the graphs, a read-only folder
+        raise UserError(f"cannot write the repository {out} ({err.filename or out}): {describe_os_error(err)}; "
+                        f"nothing was replaced") from None
     return models

@@ -74,6 +74,10 @@ def _run_integrity(args) -> None:
 
 
 def _run_verify(args) -> int:
+    if args.report:
+        from nextstep_trt.core.fileio import check_output_file
+
+        check_output_file(args.report, "--report")      # refused now, not after the checks
     if args.integrity:
         _run_integrity(args)
         if args.levels is None:
@@ -121,9 +125,10 @@ def _run_record(args) -> int:
     from nextstep_trt.export.manifest import Manifest
     from nextstep_trt.export.profile import graph_specs
     from nextstep_trt.ref.checkpoint import load_model
-    from nextstep_trt.runtime.golden import record
+    from nextstep_trt.runtime.golden import check_golden_out, record
     from nextstep_trt.runtime.reference import LiveReference
 
+    check_golden_out(args.out)                                # before the model loads
     bundle = load_model(args.model)
     if args.artifacts:
         manifest = Manifest.load(args.artifacts)

@@ -1,5 +1,6 @@
 """`doctor` prints its sections and exits 0; `build` turns bad input into one line and exit 2, previous engine kept."""
 import errno
+import hashlib
 import json
 
 import onnx
@@ -10,7 +11,7 @@ from nextstep_trt.cli import main
 
 
 def test_doctor_prints_every_section(capsys, tiny_artifacts):
-    assert main(["doctor", "--artifacts", str(tiny_artifacts[0]), "--graphs", "backbone", "vae_decoder"]) == 0
+    assert main(["doctor", "--artifacts", str(tiny_artifacts[0]), "--graphs", "backbone,vae_decoder"]) == 0
     out = capsys.readouterr().out
     titles = [ln[:-1] for ln in out.splitlines() if not ln.startswith(" ")]
     assert titles[:3] == ["software", "gpu", "host"] and titles[-1] == "what works here"
@@ -90,5 +91,10 @@ def test_build_errors_keep_the_previous_engine(capsys, art, monkeypatch):
     node = next(n for n in model.graph.node if n.op_type == "Gemm")
     node.op_type = "NoSuchOp"
     onnx.save(model, path)
+    _fails(capsys, _argv(art, "--graphs", "head_step"), f"refusing {path}: its bytes differ")   # not as validated
+    manifest = json.loads((art / "manifest.json").read_text())
+    entry = manifest["graphs"]["head_step"]["precisions"]["fp32"]
+    entry["sha256"] = entry["hashes"]["fp32/head_step.onnx"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (art / "manifest.json").write_text(json.dumps(manifest))       # recorded so: only TensorRT can refuse it now
     _fails(capsys, _argv(art, "--graphs", "head_step"), f"cannot parse {path}: {node.name}: NoSuchOp")
     assert listing(rec.folder.parent) == before and (rec.folder / "engine.plan").read_bytes() == plan
