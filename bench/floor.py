@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nextstep_trt.core.resources import size_text
 from nextstep_trt.engines.footprint import decode_step_bytes, gpu_format, graph_bytes
 from nextstep_trt.engines.gpus import DATASHEET, RESERVE, Gpu, fits
 from nextstep_trt.ref.config import NextStepConfig
 from nextstep_trt.ref.latents import token_grid
 
 from .roofline import floor_estimate
-
-GiB = 2**30
 
 
 @dataclass(frozen=True)
@@ -49,15 +48,14 @@ class FloorOptions:
 def weights_table(cfg: NextStepConfig, o: FloorOptions) -> list[str]:
     """Per precision: the format and the weight bytes per graph, and what a decode step at batch 1 reads."""
     tokens = o.tokens(cfg)
-    head = (f"{'precision':<10}{'backbone GiB':>13}{'head MiB':>10}{'VAE MiB':>9}{'total GiB':>10}"
-            f"{'decode reads GiB':>17}  format")
+    head = f"{'precision':<10}{'backbone':>10}{'head':>10}{'VAE':>10}{'total':>10}{'decode reads':>14}  format"
     lines = [head, "-" * (len(head) + 40)]
     for p in o.precisions:
         fmt = gpu_format(p, o.block, o.scale_bytes)
         g = graph_bytes(cfg, fmt)
         dec = decode_step_bytes(cfg, fmt, 2, o.prompt_tokens + tokens, o.kv_bytes(p))
-        lines.append(f"{p:<10}{g['backbone'] / GiB:>13.2f}{g['head'] / 2**20:>10.1f}{g['vae'] / 2**20:>9.1f}"
-                     f"{sum(g.values()) / GiB:>10.2f}{dec / GiB:>17.2f}  {fmt.note or p}")
+        cells = "".join(f"{size_text(v):>10}" for v in (g["backbone"], g["head"], g["vae"], sum(g.values())))
+        lines.append(f"{p:<10}{cells}{size_text(dec):>14}  {fmt.note or p}")
     return lines
 
 
@@ -77,9 +75,10 @@ def floor_table(cfg: NextStepConfig, o: FloorOptions) -> str:
     batches = " ".join(f"{f's/img B={b}':>10}" for b in o.batches)
     lines = [f"bandwidth floor: {o.height}x{o.width} ({tokens} image tokens), prompt {o.prompt_tokens} tokens, "
              f"{o.steps} sampler steps, KV cache 2 bytes per value (4 with fp32 weights) at the final length; "
-             f"'fits B': the batches whose weights + KV cache + {RESERVE / GiB:g} GiB reserve fit the device", "",
+             f"'fits B': the batches whose weights + KV cache + {size_text(RESERVE)} reserve fit the device's "
+             "memory (decimal units, as GB/s: a '12 GB' card holds 12 x 2^30 bytes = 12.9 GB)", "",
              *weights_table(cfg, o), ""]
-    head = (f"{'device':<15}{'GB/s':>7}{'mem GiB':>8} {'precision':<9}{'decode ms':>10}{'sampler step ms':>16}"
+    head = (f"{'device':<15}{'GB/s':>7}{'memory':>9} {'precision':<9}{'decode ms':>10}{'sampler step ms':>16}"
             f"{'sampler/token ms':>17} {batches} {'fits B':>7}")
     lines += [head, "-" * len(head)]
     for gpu in o.devices:
@@ -90,8 +89,8 @@ def floor_table(cfg: NextStepConfig, o: FloorOptions) -> str:
             f = est[o.batches[0]]
             weights = sum(graph_bytes(cfg, fmt).values())
             per_batch = " ".join(f"{est[b]['s_per_image']:>10.2f}" for b in o.batches)
-            mem = f"{gpu.memory // GiB}" if gpu.memory else "?"
-            lines.append(f"{gpu.name:<15}{gpu.gbps:>7.0f}{mem:>8} {p:<9}{f['decode_step_ms']:>10.2f}"
+            mem = size_text(gpu.memory) if gpu.memory else "?"
+            lines.append(f"{gpu.name:<15}{gpu.gbps:>7.0f}{mem:>9} {p:<9}{f['decode_step_ms']:>10.2f}"
                          f"{f['sampler_step_ms']:>16.3f}{f['sampler_token_ms']:>17.2f} {per_batch} "
                          f"{_fit_cell(cfg, o, gpu, p, weights):>7}")
     lines.append(f"(decode and sampler columns at batch {o.batches[0]})")

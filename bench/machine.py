@@ -6,10 +6,8 @@ import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nextstep_trt.core.resources import meminfo
+from nextstep_trt.core.resources import meminfo, size_text
 from nextstep_trt.core.resources import versions as installed_versions
-
-MiB = 2**20
 
 
 def cpu_model() -> str:
@@ -75,13 +73,12 @@ class Machine:
 
     def describe(self) -> str:
         """Two lines for the top of the table."""
-        caches = ", ".join(f"{k} {v / MiB:g} MiB" if v >= MiB else f"{k} {v // 1024} KiB"
-                           for k, v in self.caches.items())
+        caches = ", ".join(f"{k} {size_text(v)}" for k, v in self.caches.items())
         load = "/".join(f"{x:.2f}" for x in self.load_start)
         end = "" if self.load_end is None else " -> " + "/".join(f"{x:.2f}" for x in self.load_end)
         gpu = f"; GPU {self.gpu.get('name')}" if self.gpu else "; no GPU"
         return (f"machine: {self.cpu}, {self.affinity_cores}/{self.logical_cores} cores, "
-                f"{self.ram_bytes / 2**30:.1f} GiB RAM, caches {caches}{gpu}\n"
+                f"{size_text(self.ram_bytes)} RAM, caches {caches}{gpu}\n"
                 f"load average (1/5/15 min) {load}{end}; " + " ".join(f"{k} {v}" for k, v in self.versions.items()))
 
 

@@ -7,6 +7,8 @@ our ms >= 1.0). They appear when the run has an int8 or int4 precision; none is 
 """
 from __future__ import annotations
 
+from nextstep_trt.core.resources import size_text
+
 from .results import BenchReport, Target, ratio
 
 ORT, FP32 = "onnxruntime", "fp32"
@@ -26,7 +28,7 @@ def _decode(report: BenchReport, p: str) -> list[Target]:
             out.append(Target(name, None, DECODE_GOAL[p], "x", None, f"(no {p} and fp32 decode steps measured)"))
             continue
         out.append(Target.measured(name, ratio(base.ms, ours.ms), DECODE_GOAL[p], "x",
-                                   f"({base.ms:.2f} -> {ours.ms:.2f} ms; {ours.step_bytes / 2**20:.0f} MiB/step, "
+                                   f"({base.ms:.2f} -> {ours.ms:.2f} ms; {size_text(ours.step_bytes)}/step, "
                                    f"{ours.gbps:.1f} GB/s)"))
     return out
 

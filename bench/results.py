@@ -9,8 +9,6 @@ from .memory import Bandwidth
 from .stability import Stability
 from .steps import StepCell
 
-MiB = 2**20
-
 
 def json_safe(value):
     """Replace inf/nan (not valid JSON) by strings, recursively."""

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.resources import size_text
 from nextstep_trt.ref.config import load_config
 from nextstep_trt.ref.sampling import Guidance
 
@@ -133,7 +134,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> BenchRe
         import torch
 
         torch.set_num_threads(opts.threads)
-    log(f"measuring copy bandwidth ({opts.bandwidth_mib} MiB, best of 5)")
+    log(f"measuring copy bandwidth ({size_text(opts.bandwidth_mib * 2**20)} buffer, best of 5)")
     bandwidth = measure_bandwidth(opts.bandwidth_mib, threads=max(2, bench.machine.affinity_cores))
     bench.read_gbps = bandwidth.read_gbps
     settings = opts.settings() | preset_settings(load_config(opts.model))

@@ -94,7 +94,8 @@ def run_step_phase(bench, report: BenchReport) -> None:
     report.notes += [f"the peer's {p} build failed, not measured: {err}" for p, err in
                      report.peer.get("failed", {}).items()]
     opts = StepOptions(tuple(o.decode_pasts), 2, o.decode_rounds, o.decode_steps, o.threads, o.seed, o.spread)
-    bench.log(f"[decode steps] {', '.join(g.label for g in graphs + peers)} at past {', '.join(map(str, o.decode_pasts))}")
+    bench.log(f"[decode steps] {', '.join(g.label for g in graphs + peers)} at past "
+              f"{', '.join(map(str, o.decode_pasts))}")
     report.steps = time_decode_steps(graphs + peers, opts, report.bandwidth.gbps, report.bandwidth.read_gbps,
                                      bench.watch)
     for cell in report.steps:

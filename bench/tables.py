@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import math
 
+from nextstep_trt.core.resources import size_text
+
 from .memory import Bandwidth
 from .results import BenchReport, Phase, RunResult, fmt
 from .steps import StepCell
-
-MiB = 2**20
 
 
 def _times(v: float | None) -> str:
@@ -23,8 +23,8 @@ def _settings_line(s: dict, bw: Bandwidth) -> str:
             f"(ratios against {s['precisions'][0]}), {s['repeat']} timed run(s) per cell after warm-up, spread rule "
             f"max/min > {s['max_spread']:g} re-runs a cell up to {s['reruns']}x; model {s['preset_note']}\n"
             f"copy bandwidth {bw.gbps:.1f} GB/s (1 thread {bw.one_thread_gbps:.1f}, {bw.threads} threads "
-            f"{bw.all_threads_gbps:.1f}; {bw.size_mib} MiB, read+write bytes); read-only {bw.read_gbps:.1f} GB/s "
-            "(OR-reduction)")
+            f"{bw.all_threads_gbps:.1f}; {size_text(bw.size_mib * 2**20)} buffer, read+write bytes); read-only "
+            f"{bw.read_gbps:.1f} GB/s (OR-reduction)")
 
 
 def _label(r: RunResult) -> str:
@@ -76,10 +76,10 @@ def _ratio_table(runs: list[RunResult], first: str) -> str:
 
 
 def _steps_table(cells: list[StepCell]) -> str:
-    head = (f"{'graph':<12}{'past':>6} {'ms/step':>8} {'vs fp32':>8} {'MiB/step':>9} {'GB/s':>6} {'of copy':>7} "
+    head = (f"{'graph':<12}{'past':>6} {'ms/step':>8} {'vs fp32':>8} {'read/step':>9} {'GB/s':>6} {'of copy':>7} "
             f"{'of read':>7} {'cos vs fp32':>11} {'spread':>6} {'load':>6}")
     lines = ["decode step micro-benchmark (rows = 2 CFG rows of one image, one text token at position 'past' over "
-             "'past' cached slots, interleaved rounds in this process; MiB/step: initializers read (lookup tables "
+             "'past' cached slots, interleaved rounds in this process; read/step: initializers read (lookup tables "
              "excluded) + past K/V; 'vs fp32': our fp32 step / this step)", head, "-" * len(head)]
     for c in cells:
         base = c.get("ours", "fp32")
@@ -89,7 +89,7 @@ def _steps_table(cells: list[StepCell]) -> str:
         for t in c.timings:
             vs = None if base is None else base.ms / t.ms
             cos = "-" if t.cosine is None else f"{t.cosine:.6f}"
-            lines.append(f"{t.label:<12}{t.past:>6} {t.ms:>8.2f} {_times(vs):>8} {t.step_bytes / MiB:>9.1f} "
+            lines.append(f"{t.label:<12}{t.past:>6} {t.ms:>8.2f} {_times(vs):>8} {size_text(t.step_bytes):>9} "
                          f"{t.gbps:>6.1f} {_pct(t.fraction):>7} {_pct(t.read_fraction):>7} {cos:>11} {spread:>6} "
                          f"{load:>6}")
     return "\n".join(lines)
@@ -101,8 +101,8 @@ def _phase_table(phases: list[Phase]) -> str:
     lines = ["memory (VmRSS sampled every 20 ms during the backend's phase), warm-up, how stages were timed",
              head, "-" * len(head)]
     for p in phases:
-        gpu = "-" if p.gpu_bytes is None else f"{p.gpu_bytes / MiB:.0f} MiB"
-        lines.append(f"{p.backend:<18} {p.rss_start_bytes / MiB:>6.0f} MiB {p.rss_peak_bytes / MiB:>6.0f} MiB "
+        gpu = "-" if p.gpu_bytes is None else size_text(p.gpu_bytes)
+        lines.append(f"{p.backend:<18} {size_text(p.rss_start_bytes):>10} {size_text(p.rss_peak_bytes):>10} "
                      f"{gpu:>9} {p.warmup_s:>9.1f} {fmt(p.compile_s):>9}  {p.timing_source}")
         lines += [f"{'':<19}threads {p.threads}"] if p.threads else []
         lines += [f"{'':<19}notice: {n}" for n in p.notices]

@@ -6,6 +6,7 @@ MET/MISS. A target measured while any cell ran under load carries that caveat.
 """
 from __future__ import annotations
 
+from nextstep_trt.core.resources import size_text
 from nextstep_trt.ref.config import NextStepConfig, preset
 
 from .quant_targets import precision_targets
@@ -56,7 +57,7 @@ def _decode_targets(run: RunResult | None) -> list[Target]:
     read = "" if f.decode_read_fraction is None else \
         f"; {100 * f.decode_read_fraction:.0f}% of the read-only {f.read_gbps:.1f} GB/s"
     return [Target.measured("decode step >= 75% of copy bandwidth", frac, 75, "%",
-                            f"(B={run.batch}: {f.decode_bytes / 2**20:.0f} MiB in {s.decode_mid_ms:.1f} ms = "
+                            f"(B={run.batch}: {size_text(f.decode_bytes)} in {s.decode_mid_ms:.1f} ms = "
                             f"{f.decode_gbps:.1f} GB/s of {f.bandwidth_gbps:.1f}{read})"),
             Target.measured("decode at the last token <= 1.15x the first", growth, 1.15, "x",
                             f"(B={run.batch}: {s.decode_first_ms:.1f} -> {s.decode_last_ms:.1f} ms)", at_most=True)]

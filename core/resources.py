@@ -1,4 +1,9 @@
-"""Host resources: free disk checked before big writes, free RAM, peak resident memory (torch-free)."""
+"""Host resources: free disk checked before big writes, free RAM, peak resident memory (torch-free); the one byte
+formatter and the one parameter-count formatter every report uses.
+
+Units: decimal (SI) throughout: 1 GB = 10^9 bytes, 1 MB = 10^6, 1 kB = 10^3, the same units as the GB/s of memory
+bandwidths, so a floor (bytes / bandwidth) reads in one system. A GPU sold as "12 GB" holds 12 GiB = 12.9 GB.
+"""
 from __future__ import annotations
 
 import resource
@@ -9,11 +14,31 @@ from nextstep_trt.core.errors import UserError
 
 GB = 1e9
 DISK_MARGIN = 256 * 2**20          # filesystem metadata, config files, the graph protos themselves
+BYTE_UNITS = (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3))
+COUNT_UNITS = (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3))       # B: billion (as in "14.9 B parameters")
 
 
-def gb(nbytes: float) -> str:
-    """Bytes as decimal gigabytes, e.g. '29.83 GB'."""
-    return f"{nbytes / GB:.2f} GB"
+def _three_digits(value: float) -> str:
+    """Three significant digits with trailing zeros kept, whole numbers from 100 up: 1.23, 12.3, 123, 1234."""
+    a = abs(value)
+    return f"{value:.0f}" if a >= 99.95 else f"{value:.1f}" if a >= 9.995 else f"{value:.2f}"
+
+
+def _scaled(n: float, units: tuple[tuple[str, float], ...], base: str) -> str:
+    for unit, scale in units:
+        if abs(n) >= scale * (1 - 5e-4):                # 999.7 MB rounds to 1.00 GB, never "1000 MB"
+            return f"{_three_digits(n / scale)} {unit}"
+    return f"{n:.0f} {base}".rstrip()
+
+
+def size_text(nbytes: float) -> str:
+    """Bytes in decimal units, three significant digits: '29.8 GB', '356 MB', '12.3 kB', '512 B', '0 B'."""
+    return _scaled(nbytes, BYTE_UNITS, "B")
+
+
+def count_text(n: float) -> str:
+    """A count (parameters, weights) in three significant digits: '14.9 B', '612 k', '980'."""
+    return _scaled(n, COUNT_UNITS, "")
 
 
 def existing_parent(path: str | Path) -> Path:
@@ -33,8 +58,8 @@ def require_disk(path: str | Path, need: int, what: str) -> None:
     """Refuse, with the numbers, before writing ``need`` bytes under ``path`` when the disk cannot hold them."""
     free = free_disk(path)
     if need + DISK_MARGIN > free:
-        raise UserError(f"not enough disk for {what}: it needs {gb(need)} (+{gb(DISK_MARGIN)} margin) under "
-                        f"{existing_parent(path)}, which has {gb(free)} free")
+        raise UserError(f"not enough disk for {what}: it needs {size_text(need)} (+{size_text(DISK_MARGIN)} margin) "
+                        f"under {existing_parent(path)}, which has {size_text(free)} free")
 
 
 def proc_sizes(path: str = "/proc/meminfo") -> dict[str, int]:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from nextstep_trt.core.errors import UserError
 from nextstep_trt.core.gpu import GpuProbe, cc_tuple, probe_gpu
-from nextstep_trt.core.resources import free_disk, free_ram
+from nextstep_trt.core.resources import free_disk, free_ram, size_text
 
 BUILD_PEAK_FACTOR = 3.7          # TensorRT-RTX build peak RSS / ONNX weight bytes (toolchain notes, 395 MB graph)
-BUILD_BASELINE = 300 * 2**20     # a TensorRT-RTX build process of a tiny graph peaks at ~0.3 GB (measured)
+BUILD_BASELINE = 300 * 10**6     # a TensorRT-RTX build process of a tiny graph peaks at ~0.3 GB (measured)
 
 
 @dataclass
@@ -28,10 +28,6 @@ class Section:
     def add(self, label: str, value) -> "Section":
         self.rows.append((label, str(value)))
         return self
-
-
-def _mib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _version(pkg: str) -> str | None:
@@ -87,15 +83,16 @@ def gpu_section(probe: GpuProbe) -> Section:
     fp8 = "yes" if cc_tuple(g.compute_capability) >= (8, 9) else "no (FP8 needs 8.9+)"
     return (s.add("driver / CUDA", f"{g.driver or '?'} / {g.cuda or '?'} (via {g.source})").add("GPU", g.name)
             .add("compute capability", f"{g.compute_capability} (FP8: {fp8})")
-            .add("GPU memory free", f"{_mib(g.memory_free)} of {_mib(g.memory_total)}"))
+            .add("GPU memory free", f"{size_text(g.memory_free)} of {size_text(g.memory_total)}"))
 
 
 def host_section(artifacts: Path | None) -> Section:
-    s = Section("host").add("CPU cores", os.cpu_count())
+    s = Section("host").add("units (every size in this report)", "decimal: 1 GB = 10^9 bytes, as in GB/s")
+    s.add("CPU cores", os.cpu_count())
     free = free_ram() or None
-    s.add("free host memory", _mib(free) if free is not None else "unknown (no /proc/meminfo)")
+    s.add("free host memory", size_text(free) if free is not None else "unknown (no /proc/meminfo)")
     where = artifacts if artifacts is not None and artifacts.exists() else Path.cwd()
-    return s.add(f"free disk at {where}", _mib(free_disk(where)))
+    return s.add(f"free disk at {where}", size_text(free_disk(where)))
 
 
 def build_estimates(artifacts: Path, graphs: list[str] | None) -> list[tuple[str, str, int, int]]:
@@ -151,7 +148,7 @@ def artifacts_section(artifacts: Path) -> Section:
                 elif manifest.hashes.cached(path) is None:
                     pending += path.stat().st_size
     s.add("integrity stamps", f"{files} recorded files; "
-          + (f"{_mib(pending)} will be hashed in full at the next load (new or changed since last checked)"
+          + (f"{size_text(pending)} will be hashed in full at the next load (new or changed since last checked)"
              if pending else "every file unchanged since it was last hashed (loads stat only)")
           + (f"; missing: {', '.join(missing[:3])}" if missing else ""))
     source = manifest.data["model"].get("source")
@@ -160,11 +157,11 @@ def artifacts_section(artifacts: Path) -> Section:
 
 
 def estimate_section(estimates: list[tuple[str, str, int, int]]) -> Section:
-    s = Section(f"build estimate (peak ~ {BUILD_PEAK_FACTOR}x ONNX weights, >= {_mib(BUILD_BASELINE)})")
+    s = Section(f"build estimate (peak ~ {BUILD_PEAK_FACTOR}x ONNX weights, >= {size_text(BUILD_BASELINE)})")
     for graph, precision, size, peak in estimates:
-        s.add(f"{graph} {precision}", f"ONNX {_mib(size)}, build peak ~{_mib(peak)}")
+        s.add(f"{graph} {precision}", f"ONNX {size_text(size)}, build peak ~{size_text(peak)}")
     if estimates:
-        s.add("largest (graphs build one at a time)", _mib(max(e[3] for e in estimates)))
+        s.add("largest (graphs build one at a time)", size_text(max(e[3] for e in estimates)))
     return s
 
 
@@ -198,7 +195,7 @@ def verdict_section(facts: dict, probe: GpuProbe, estimates: list) -> Section:
         free = free_ram() or None
         peak = max(e[3] for e in estimates)
         s.add("host memory for the largest build", "unknown" if free is None else
-              ("yes" if free >= peak else f"no: ~{_mib(peak)} needed, {_mib(free)} free"))
+              ("yes" if free >= peak else f"no: ~{size_text(peak)} needed, {size_text(free)} free"))
     return s
 
 

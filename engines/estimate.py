@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from nextstep_trt.core.resources import GB, free_disk, free_ram
+from nextstep_trt.core.resources import GB, count_text, free_disk, free_ram, size_text
 
-from .doctor import BUILD_PEAK_FACTOR, Section
+from .doctor import BUILD_BASELINE, BUILD_PEAK_FACTOR, Section
 from .footprint import decode_step_bytes, gpu_format, graph_bytes
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
@@ -87,17 +87,18 @@ def estimate_steps(cfg, checkpoint_dtype: str) -> list[Step]:
                   (p["checkpoint"] + p["vae"]) * BYTES[d]) for d in ("bf16", "fp32")]
     steps += _export_steps(cfg, p, checkpoint_dtype)
     for d in ("bf16", "fp8"):
-        steps.append(Step(f"precision {d} from the fp32 backbone graph", CONVERT_FACTOR * p["backbone"] * 4,
+        steps.append(Step(f"precision {d} from the fp32 backbone graph", BASE_RSS + CONVERT_FACTOR * p["backbone"] * 4,
                           p["backbone"] * (4 + BYTES[d]), "the fp32 graph first, then the converted one" + (
                               "; export --low-memory --dtype bf16 writes bf16 directly" if d == "bf16" else "")))
     for d in ("bf16", "fp8"):
         w = p["backbone"] * BYTES[d]
-        steps.append(Step(f"TensorRT build: backbone {d}", BUILD_PEAK_FACTOR * w, w,
-                          f"{BUILD_PEAK_FACTOR}x weights, toolchain notes; the plan is about the weights' size"))
+        steps.append(Step(f"TensorRT build: backbone {d}", max(BUILD_PEAK_FACTOR * w, BUILD_BASELINE), w,
+                          f"{BUILD_PEAK_FACTOR}x weights, at least {size_text(BUILD_BASELINE)}, toolchain notes; "
+                          "the plan is about the weights' size"))
     kv = kv_cache_bytes(cfg)
     for d in ("bf16", "fp8", "int8", "int4"):
         w = sum(graph_bytes(cfg, gpu_format(d)).values())
-        steps.append(Step(f"runtime {d} (weights + KV cache {kv / GB:.1f} GB)", w + kv, 0,
+        steps.append(Step(f"runtime {d} (weights + KV cache {size_text(kv)})", w + kv, 0,
                           "device memory on a GPU; host memory for ONNX Runtime on the CPU"))
     return steps
 
@@ -111,14 +112,14 @@ def gpu_sections(cfg) -> list[Section]:
     runtime's fp32 KV cache at the profile's capacity and largest batch), and the HBM floor of a decode step."""
     from nextstep_trt.export.profile import DeploymentProfile
 
-    from .gpus import DATASHEET, RESERVE, fit_text, size_text
+    from .gpus import DATASHEET, RESERVE, fit_text
 
     profiles = {"default profile": DeploymentProfile(), "edge profile (--max-batch 1 --no-edit)":
                 DeploymentProfile(**EDGE_PROFILE)}
     kv = {name: kv_cache_bytes(cfg, prof) for name, prof in profiles.items()}
     s = Section(f"GPU memory per precision (TensorRT weights: int8/int4 block-wise, 8/4 bits per weight + one fp16 "
                 f"scale per 32 weights, kept layers bf16; fits = weights + fp32 KV cache + {size_text(RESERVE)} "
-                "reserve <= the card's memory)")
+                "reserve <= the card's memory; a '12 GB' card holds 12 x 2^30 bytes = 12.9 GB)")
     prof = DeploymentProfile()
     tokens, rows = prof.max_image_tokens(cfg.pixels_per_token), 2
     for d in FIT_PRECISIONS:
@@ -140,9 +141,9 @@ def verdict(step: Step, ram: int, disk: int) -> str:
     """'yes' or 'no: <which resource is short, with the numbers>'."""
     short = []
     if step.ram > ram:
-        short.append(f"needs {step.ram / GB:.1f} GB RAM, {ram / GB:.1f} GB free")
+        short.append(f"needs {size_text(step.ram)} RAM, {size_text(ram)} free")
     if step.disk > disk:
-        short.append(f"needs {step.disk / GB:.1f} GB disk, {disk / GB:.1f} GB free")
+        short.append(f"needs {size_text(step.disk)} disk, {size_text(disk)} free")
     return "no: " + "; ".join(short) if short else "yes"
 
 
@@ -159,13 +160,13 @@ def model_sections(model_dir: str | Path) -> list[Section]:
     model_dir = Path(model_dir)
     cfg, dtype = load_config(model_dir), checkpoint_dtype(model_dir)
     ram, disk = free_ram(), free_disk(model_dir)
-    params = _params(cfg)["checkpoint"] / 1e9
-    head = Section(f"model {model_dir} ({params:.2f} B parameters, {dtype} checkpoint)")
-    head.add("free RAM (MemAvailable)", f"{ram / GB:.1f} GB").add(f"free disk at {model_dir}", f"{disk / GB:.1f} GB")
+    params = _params(cfg)["checkpoint"]
+    head = Section(f"model {model_dir} ({count_text(params)} parameters, {dtype} checkpoint)")
+    head.add("free RAM (MemAvailable)", size_text(ram)).add(f"free disk at {model_dir}", size_text(disk))
     steps = Section("estimated peak RAM / disk written per step, and whether this machine can do it")
     for s in estimate_steps(cfg, dtype):
         note = f" ({s.note})" if s.note else ""
-        steps.add(s.name, f"RAM ~{s.ram / GB:.1f} GB, disk ~{s.disk / GB:.1f} GB: {verdict(s, ram, disk)}{note}")
+        steps.add(s.name, f"RAM ~{size_text(s.ram)}, disk ~{size_text(s.disk)}: {verdict(s, ram, disk)}{note}")
     return [head, steps, *gpu_sections(cfg)]
 
 

@@ -2,15 +2,18 @@
 (torch-free).
 
 A deployment fits when weights + KV cache + ``RESERVE`` (CUDA context, TensorRT activations and workspace, the
-runtime's buffers: an estimate) is at most the card's memory. Memory is the data sheet's (12 GB = 12 GiB of GDDR),
-of which a driver keeps a little: a fit within a few hundred MB is marginal.
+runtime's buffers: an estimate) is at most the card's memory. Memory is the data sheet's (a "12 GB" card holds 12 GiB
+= 12.9 GB), of which a driver keeps a little: a fit within a few hundred MB is marginal. Printed sizes are decimal
+(core.resources.size_text), like the bandwidths.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nextstep_trt.core.resources import size_text
+
 GiB = 2**30
-RESERVE = 1.5 * GiB
+RESERVE = 1.5e9                   # 1.5 GB (decimal, as every printed size)
 
 
 @dataclass(frozen=True)
@@ -25,14 +28,6 @@ DATASHEET = (Gpu("H100 SXM", 3350.0, 80 * GiB, True), Gpu("A100 80GB SXM", 2039.
              Gpu("L40S", 864.0, 48 * GiB, True), Gpu("RTX 4090", 1008.0, 24 * GiB, True),
              Gpu("L4", 300.0, 24 * GiB, True), Gpu("RTX 4080", 716.8, 16 * GiB, True),
              Gpu("RTX 4070", 504.2, 12 * GiB, True))
-
-
-def size_text(nbytes: float) -> str:
-    """Decimal units, three significant digits: 1.23 GB, 356 MB, 12.3 kB, 512 B."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.3g} {unit}"
-    return f"{nbytes:.0f} B"
 
 
 def needed(weights: float, kv_cache: float) -> float:

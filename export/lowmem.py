@@ -22,7 +22,7 @@ import torch
 from nextstep_trt.core.errors import UserError
 from nextstep_trt.core.precision import Precision
 from nextstep_trt.core.report import ParityReport
-from nextstep_trt.core.resources import gb, require_disk
+from nextstep_trt.core.resources import require_disk, size_text
 from nextstep_trt.ref.checkpoint import ModelBundle
 from nextstep_trt.ref.config import NextStepConfig, load_config
 from nextstep_trt.ref.weights import check_keys, model_shapes, shard_files, vae_shapes
@@ -213,8 +213,8 @@ def export_low_memory(opts: ExportOptions, log=print, layer: int | None = None) 
 
 def _summary_line(rec: dict) -> str:
     w = rec["weights"]
-    return (f"{w['linked']}/{w['initializers']} initializers in hard-linked shards ({gb(w['linked_bytes'])}), "
-            f"{gb(w['written_bytes'])} written")
+    return (f"{w['linked']}/{w['initializers']} initializers in hard-linked shards ({size_text(w['linked_bytes'])}), "
+            f"{size_text(w['written_bytes'])} written")
 
 
 def check_artifacts(opts: ExportOptions, layer: int | None = None) -> list[IntegrityReport]:

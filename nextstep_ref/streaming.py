@@ -19,7 +19,7 @@ import torch
 
 from nextstep_trt.core.errors import UserError
 from nextstep_trt.core.fileio import atomic_dir
-from nextstep_trt.core.resources import gb, require_disk
+from nextstep_trt.core.resources import require_disk, size_text
 
 from .config import NextStepConfig, model_config_dict, vae_config_dict
 from .tokenizer import build_tokenizer, save_tokenizer
@@ -140,7 +140,7 @@ def init_model_folder(out_dir: str | Path, cfg: NextStepConfig, flag: str = "bf1
     out_dir = Path(out_dir)
     itemsize = torch.empty((), dtype=torch_dtype(flag)).element_size()
     model_b, vae_b = weight_bytes(cfg, flag)
-    require_disk(out_dir, model_b + vae_b, f"init-model ({flag} weights {gb(model_b)} + VAE {gb(vae_b)})")
+    require_disk(out_dir, model_b + vae_b, f"init-model ({flag} weights {size_text(model_b)} + VAE {size_text(vae_b)})")
     shapes = model_shapes(cfg)
     shards = plan_shards(((k, math.prod(s) * itemsize) for k, s in shapes.items()), max_shard_bytes)
     with atomic_dir(out_dir) as tmp:
@@ -151,7 +151,7 @@ def init_model_folder(out_dir: str | Path, cfg: NextStepConfig, flag: str = "bf1
             name, start = shard_name(i, len(shards)), time.perf_counter()
             nbytes = write_random_shard(tmp / name, {k: shapes[k] for k in keys}, flag, seed)
             weight_map |= dict.fromkeys(keys, name)
-            log(f"wrote {name}: {len(keys)} tensors, {gb(nbytes)} in {time.perf_counter() - start:.1f} s")
+            log(f"wrote {name}: {len(keys)} tensors, {size_text(nbytes)} in {time.perf_counter() - start:.1f} s")
         (tmp / INDEX_NAME).write_text(json.dumps(index_json(weight_map, model_b), indent=2))
         save_tokenizer(build_tokenizer(cfg.tokens, cfg.backbone.vocab_size), tmp)
         _write_vae(tmp / "vae", cfg, flag, seed)

@@ -56,8 +56,9 @@ def _floor_arguments(p) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", default="large", help="config preset (large, bench, tiny; default large)")
     src.add_argument("--model", help="model folder: its config.json instead of a preset")
-    p.add_argument("--bandwidth", help="comma-separated NAME=GB/s or NAME=GB/s@MEMORY_GB (default: data-sheet "
-                                       "H100 SXM, A100 80GB, L40S, RTX 4090, L4, RTX 4080, RTX 4070)")
+    p.add_argument("--bandwidth", help="comma-separated NAME=GB/s or NAME=GB/s@MEMORY_GB, memory as the data sheet "
+                                       "says it (12 = a '12 GB' card: 12 GiB); default: data-sheet H100 SXM, A100 "
+                                       "80GB, L40S, RTX 4090, L4, RTX 4080, RTX 4070")
     p.add_argument("--height", type=int, default=512, help="image height (default 512)")
     p.add_argument("--width", type=int, default=512, help="image width (default 512)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")

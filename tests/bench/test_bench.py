@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -100,6 +101,7 @@ def test_load_and_preset_are_labelled(report):
     assert "is not the bench preset" in text and "[MET ]" not in text and "[MISS]" not in text
     assert all(not t.applicable and t.met is None for t in report.targets)
     assert len(report.warnings()) >= len(report.runs) + len(report.steps)
+    assert not re.findall(r"\b[KMGT]iB\b", text) and " MB " in text          # one (decimal) unit system
 
 
 def test_parity_line_is_high_for_onnxruntime(report):

@@ -49,8 +49,10 @@ def test_floor_cli(capsys):
     assert main(["floor", "--preset", "bench", "--bandwidth", "slow=1,fast=100@16", "--height", "256",
                  "--width", "256", "--batch", "1", "--precision", "bf16,int4"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    rows = {tuple(line.split()[i] for i in (0, 3)): line.split() for line in lines if line.startswith(("slow", "fast"))}
-    decode = {k: float(v[4]) for k, v in rows.items()}
+    cells = [line.split() for line in lines if line.startswith(("slow", "fast"))]
+    rows = {(c[0], c[3 if c[2] == "?" else 4]): c[4 if c[2] == "?" else 5:] for c in cells}   # memory: "?" or "17.2 GB"
+    assert [c[2:4] for c in cells if c[0] == "fast"][0] == ["17.2", "GB"]          # 16 x 2^30 bytes, decimal
+    decode = {k: float(v[0]) for k, v in rows.items()}
     assert decode[("slow", "bf16")] == pytest.approx(100 * decode[("fast", "bf16")], rel=1e-2)   # ms ~ 1 / bandwidth
     assert decode[("fast", "int4")] < 0.5 * decode[("fast", "bf16")]
     assert rows[("fast", "int4")][-1] == "1" and rows[("slow", "int4")][-1] == "?"      # fits 16 GiB; no memory given

@@ -63,14 +63,14 @@ def test_export_refuses_a_full_disk_before_writing(capsys, ckpts, tmp_path, monk
     """bf16 -> fp32 converts every backbone weight: the bytes needed and the bytes free are both named."""
     monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**12, 10**12 - 1000, 1000))
     code, err = _run(capsys, *_export(ckpts["bf16"], tmp_path / "a", "--dtype", "fp32"))
-    assert code == 2 and "not enough disk for the low-memory fp32 export" in err and "0.00 GB free" in err
+    assert code == 2 and "not enough disk for the low-memory fp32 export" in err and "1.00 kB free" in err
     assert len(err.splitlines()) == 1 and not list((tmp_path / "a").glob("*/backbone*"))
 
 
 def test_init_model_refuses_a_full_disk(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**12, 10**12 - 1000, 1000))
     code, err = _run(capsys, "init-model", "--preset", "large", str(tmp_path / "big"))
-    assert code == 2 and "not enough disk for init-model" in err and "29.9" in err and "0.00 GB free" in err
+    assert code == 2 and "not enough disk for init-model" in err and "29.9" in err and "1.00 kB free" in err
     assert not (tmp_path / "big").exists() and list(tmp_path.iterdir()) == []
 
 
