@@ -117,8 +117,8 @@ def _profiles(bench: Bench, report: BenchReport) -> None:
     report.profile_files += files
     report.notes.append("torch profiler, eager reference (top ops by self CPU time):\n" + "\n".join(lines))
     if "onnxruntime" in bench.names:
-        files, lines = profile_ort(lambda prefix: _loop_runner("onnxruntime", opts, opts.precision, prefix), gen, opts.prompt, out,
-                                   opts.profile_tokens)
+        files, lines = profile_ort(lambda prefix: _loop_runner("onnxruntime", opts, opts.precision, prefix), gen,
+                                   opts.prompt, out, opts.profile_tokens)
         report.profile_files += files
         report.notes.append("ONNX Runtime per-op profile (profiled run, slower than the timed runs):\n"
                             + "\n".join(lines))

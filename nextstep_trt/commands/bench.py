@@ -22,11 +22,11 @@ def add_arguments(name: str, p) -> None:
                    help="comma-separated graph precisions of onnxruntime / tensorrt, run in one process; ratios are "
                         "against the first (e.g. fp32,int8,int4; default fp32)")
     p.add_argument("--batch", default="1,4", help="comma-separated images per request")
-    p.add_argument("--height", type=int, default=256)
-    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--height", type=int, default=256, help="image height in pixels (inside the exported profile)")
+    p.add_argument("--width", type=int, default=256, help="image width in pixels (inside the exported profile)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (the fused graph runs when it matches)")
-    p.add_argument("--cfg", type=float, default=7.5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cfg", type=float, default=7.5, help="text guidance scale (> 1: two CFG rows per image)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise every backend shares")
     p.add_argument("--prompt", help="the prompt every backend runs (default: a fixed caption)")
     p.add_argument("--repeat", type=int, default=1, help="timed runs per backend and batch, after one warm-up")
     p.add_argument("--threads", type=int, default=0,

@@ -50,3 +50,13 @@ def test_cli_bad_precision_list_and_decode_flags(capsys, tiny_dir, tiny_artifact
 def test_cli_bad_batch_and_missing_artifacts(capsys, tiny_dir, tiny_artifacts):
     _one_line_error(capsys, _bench(tiny_dir, tiny_artifacts, "--batch", "one"), "--batch takes")
     _one_line_error(capsys, ["bench", "--model", str(tiny_dir), "--backends", "onnxruntime"], "need --artifacts")
+
+
+def test_every_bench_and_floor_flag_has_a_help_text():
+    from nextstep_trt.cli import _available, build_parser
+
+    parser = build_parser(_available())
+    subs = next(a for a in parser._actions if a.choices and "bench" in a.choices).choices
+    for command in ("bench", "floor"):
+        missing = [a.dest for a in subs[command]._actions if not a.help]
+        assert not missing, (command, missing)
