@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from nextstep_trt.core.choices import check_text
 from nextstep_trt.core.errors import UserError
 
 from .config import SpecialTokens
@@ -82,7 +83,10 @@ def _check_prompts(prompts: list[str]) -> None:
     if not prompts:
         raise UserError("no prompt given")
     for p in prompts:
-        if not p or not p.strip():
+        if not isinstance(p, str):          # the API and the runtime loop take prompts as they come
+            raise UserError(f"a prompt must be text, got {type(p).__name__}")
+        check_text("prompt", p)             # lone surrogates: bytes that were not UTF-8
+        if not p.strip():
             raise UserError("the prompt is empty")
 
 

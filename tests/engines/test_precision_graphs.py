@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from nextstep_trt.cli import main
 from nextstep_trt.core.precision import Precision
-from nextstep_trt.core.report import CPU_FP16_NOTE
+from nextstep_trt.core.report import CPU_BF16_NOTE, CPU_FP16_NOTE
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.export.profile import GRAPHS, SAMPLERS
 
@@ -40,8 +40,8 @@ class CachedReference:
             self._memo[key] = make()
         return self._memo[key]
 
-    def level1(self, spec):
-        return self._get(("level1", spec.name), lambda: self.live.level1(spec))
+    def level1(self, spec, redraw=True):
+        return self._get(("level1", spec.name, redraw), lambda: self.live.level1(spec, redraw))
 
     def cases(self):
         return self.live.cases()
@@ -93,7 +93,7 @@ def test_every_level_meets_its_bounds(parity, precision):
     level1 = {r.graph for r in report.rows if r.level == 1}
     assert level1 == (ALL if precision != "fp8" else ALL - {"vae_decoder", "vae_encoder"})
     assert all(r.precision == precision for r in report.rows)
-    assert CPU_FP16_NOTE in report.notes
+    assert (CPU_BF16_NOTE if precision == "bf16" else CPU_FP16_NOTE) in report.notes
 
 
 def test_bf16_runs_in_the_reference_evaluator_fp16_and_fp8_in_ort(parity):
