@@ -11,6 +11,13 @@ class Precision(str, enum.Enum):
     FP16 = "fp16"
     BF16 = "bf16"
     FP8 = "fp8"
+    INT8 = "int8"        # weight-only, block-wise (engines/precision/weightonly.py); activations fp32 / bf16
+    INT4 = "int4"
+
+    @property
+    def weight_only(self) -> bool:
+        """int4/int8: only the linear weights are quantized; each graph has an ONNX Runtime and a TensorRT file."""
+        return self in (Precision.INT4, Precision.INT8)
 
     @classmethod
     def parse(cls, value: "str | Precision") -> "Precision":

@@ -21,6 +21,7 @@ from nextstep_trt.core.errors import UserError
 from nextstep_trt.core.fileio import atomic_dir, write_json
 from nextstep_trt.core.gpu import GpuProbe, probe_gpu
 from nextstep_trt.core.precision import Precision
+from nextstep_trt.export.deployments import tensorrt_graph
 from nextstep_trt.export.manifest import Manifest, sha256_file, versions
 from nextstep_trt.runtime.plans import MANIFEST, PLAN, Target, check_plan, engines_root, plan_dir
 
@@ -57,7 +58,7 @@ def key_inputs(manifest: Manifest, graph: str, precision: Precision, opts: Build
     entry = manifest.entry(graph, precision)
     spec = manifest.spec(graph, precision)
     recipe = {k: entry[k] for k in ("recipe", "quantization", "io_dtypes") if k in entry}
-    return {"key_version": KEY_VERSION, "onnx": onnx_digest(manifest.path(graph, precision)),
+    return {"key_version": KEY_VERSION, "onnx": onnx_digest(tensorrt_graph(manifest, graph, precision)[0]),
             "precision": Precision(precision).value, "recipe": recipe, "profiles": trt_profiles(spec),
             "options": opts.key_dict(), "target": target.to_dict()}
 
@@ -104,7 +105,8 @@ def build_engine(artifacts: Path, graph: str, precision: Precision, opts: BuildO
     deserialize = probe.gpu is not None and probe.gpu.compute_capability == target.compute_capability
     try:
         with atomic_dir(folder) as tmp:
-            built = build_plan(manifest.path(graph, precision), spec, precision, opts, target, deserialize)
+            built = build_plan(tensorrt_graph(manifest, graph, precision)[0], spec, precision, opts, target,
+                               deserialize)
             record = _write(tmp, built, key, inputs, spec.name, precision, opts, target)
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -218,13 +218,15 @@ class TrtBackend(Backend):
 
     def engine(self, graph: str) -> TrtEngine:
         """The graph's engine: the cached plan for this ONNX graph, TensorRT and GPU, deserialized on first use."""
+        from nextstep_trt.export.deployments import tensorrt_graph
+
         from .plans import find_plan
 
         if graph not in self._engines:
             spec = self.spec(graph)
             precision = self.graph_precision[graph]
-            path = self.manifest.path(graph, precision)
-            sha = self.manifest.entry(graph, precision).get("sha256") or sha256_file(path)
+            path, sha = tensorrt_graph(self.manifest, graph, precision)    # int4/int8: the DequantizeLinear file
+            sha = sha or sha256_file(path)
             plan = find_plan(self.artifacts, graph, precision, self.target, sha)   # checks the plan's sha and target
             engine = self.runtime.deserialize_cuda_engine(plan.read_bytes())
             if engine is None:

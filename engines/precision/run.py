@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -17,24 +16,15 @@ from nextstep_trt.export.scratch import artifacts_lock
 from nextstep_trt.ref.checkpoint import ModelBundle, load_model
 
 from .autocast import FP16_SAFE_MAX, cast_summary, mixed_precision
-from .calibrate import DEFAULT_PROMPTS, read_prompts, record_calibration
+from .calibrate import DEFAULT_PROMPTS, read_prompts
 from .fp8 import E4M3_MAX, FP8_EXCLUDE, FP8_GRAPHS, choose_linears, insert_qdq
 from .keep import keep_fp32
 from .overflow import OverflowProbe, OverflowReport
+from .options import QuantizeOptions, calibrate, validation_text
 from .ranges import RangeCollector, Runner
+from .weightonly_run import quantize_weight_only
 
-
-@dataclass(frozen=True)
-class QuantizeOptions:
-    """What `nextstep-trt quantize` was asked for."""
-
-    model_dir: Path
-    artifacts: Path
-    precision: Precision
-    graphs: tuple[str, ...] | None = None      # None: every exported graph the precision applies to
-    calib_file: Path | None = None             # extra prompts, one per line
-    exclude: tuple[str, ...] | None = None     # fp8: parameter globs kept high precision (None: FP8_EXCLUDE)
-    validate: bool = True                      # level 1 against the reference before installing
+__all__ = ["QuantizeOptions", "overflow_reports", "quantize_all", "select_graphs"]
 
 
 def _version(pkg: str) -> str:
@@ -47,33 +37,22 @@ def _version(pkg: str) -> str:
 def select_graphs(manifest: Manifest, precision: Precision, asked: tuple[str, ...] | None, log=print) -> list[str]:
     """The graphs to make; fp8 refuses VAE graphs named explicitly and skips them otherwise."""
     if precision is Precision.FP32:
-        raise UserError("fp32 graphs come from `nextstep-trt export`; quantize makes fp16, bf16 or fp8")
+        raise UserError("fp32 graphs come from `nextstep-trt export`; quantize makes fp16, bf16, fp8, int8 or int4")
     names = list(asked) if asked else manifest.graphs
     for name in names:
         manifest.path(name)                                   # a UserError when the fp32 graph is missing
-    if precision is Precision.FP8:
+    if precision is Precision.FP8 or precision.weight_only:
+        p = precision.value
         vae = [n for n in names if n not in FP8_GRAPHS]
         if asked and vae:
-            raise UserError(f"fp8 is made for the backbone and head graphs only; {', '.join(vae)} stays "
+            raise UserError(f"{p} is made for the backbone and head graphs only; {', '.join(vae)} stays "
                             "bf16/fp32 (design.md §3): drop it from --graphs")
         for name in vae:
-            log(f"{name}: no fp8 graph (the VAE stays bf16/fp32; an fp8 deployment runs its fp32 graph)")
+            log(f"{name}: no {p} graph (the VAE stays bf16/fp32; an {p} deployment runs its fp32 graph)")
         names = [n for n in names if n in FP8_GRAPHS]
     if not names:
         raise UserError(f"no graph to make at {precision.value}")
     return names
-
-
-def calibrate(bundle: ModelBundle, manifest: Manifest, prompts: list[str],
-              consumers: dict[str, list]) -> dict:
-    """One pass of the reference over the calibration prompts, feeding each graph's consumers."""
-    def sink(graph: str, feeds) -> None:
-        for consumer in consumers.get(graph, []):
-            consumer.update(feeds)
-
-    start = time.perf_counter()
-    info = record_calibration(bundle, manifest.profile, prompts, sink)
-    return info | {"seconds": round(time.perf_counter() - start, 2)}
 
 
 def _make(model: onnx.ModelProto, opts: QuantizeOptions, ranges: RangeCollector | None, choices: list | None,
@@ -115,6 +94,8 @@ def _quantize_locked(opts: QuantizeOptions, bundle: ModelBundle | None, log) -> 
     prompts = list(DEFAULT_PROMPTS) + (read_prompts(opts.calib_file) if opts.calib_file else [])
     bundle = bundle or load_model(opts.model_dir)
     manifest.check_model(bundle.config, opts.model_dir)
+    if opts.precision.weight_only:
+        return quantize_weight_only(opts, bundle, manifest, names, prompts, log)
     models = {g: onnx.load(manifest.path(g)) for g in names}
     params = {k: v.detach().float().numpy() for k, v in bundle.model.state_dict().items()}
     choices = {g: choose_linears(models[g], params, list(opts.exclude or FP8_EXCLUDE)) for g in names} \
@@ -142,19 +123,11 @@ def _quantize_locked(opts: QuantizeOptions, bundle: ModelBundle | None, log) -> 
             continue
         records[g] = manifest.entry(g, opts.precision)
         log(f"{g} [{opts.precision.value}]: {records[g]['bytes'] / 2**20:.2f} MiB, {_kept_text(recipe)}"
-            + (f", {_validation_text(records[g]['validation'])}" if report.rows else ""))
+            + (f", {validation_text(records[g]['validation'])}" if report.rows else ""))
     if failed:
         raise CheckFailed(f"{len(failed)} of {len(names)} {opts.precision.value} graphs failed validation and were "
                           f"not installed; first: {failed[0]}")
     return records
-
-
-def _validation_text(summary: dict) -> str:
-    """Level 1 in one phrase, from the manifest's validation summary (nextstep_trt.export.run._summary)."""
-    means = summary.get("mean_cosine", {})
-    text = (f"level 1 over {summary['cases']} cases: worst rel-L2 {summary['worst_rel_l2']:.2e}, "
-            f"lowest cos {summary['lowest_cosine']:.6f}")
-    return text + (f", lowest mean cos {min(means.values()):.6f}" if means else "")
 
 
 def _install(bundle: ModelBundle, manifest: Manifest, graph: str, model: onnx.ModelProto, recipe: dict,

@@ -16,8 +16,9 @@ def add_arguments(name: str, p) -> None:
 
 
     p.add_argument("--artifacts", required=True, metavar="ART", help="artifacts folder written by export/quantize")
-    p.add_argument("--precision", required=True, choices=["fp32", "fp16", "bf16", "fp8"],
-                   help="which precision's graphs to build (precision lives in the ONNX graph)")
+    p.add_argument("--precision", required=True, choices=["fp32", "fp16", "bf16", "fp8", "int8", "int4"],
+                   help="which precision's graphs to build (precision lives in the ONNX graph; int8/int4: the "
+                        "blocked-DequantizeLinear bf16 graphs quantize made for TensorRT)")
     p.add_argument("--graphs", type=comma_list, metavar="A,B", help="a subset of the graphs (default: all of them)")
     p.add_argument("--flavor", choices=["tensorrt", "tensorrt-rtx"],
                    help="default: tensorrt when it is installed and a GPU is present, else tensorrt-rtx")

@@ -81,12 +81,15 @@ def test_the_exclusion_list_is_data(capsys, art, tiny_dir):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--precision", "int4"], "unknown precision 'int4'"),
-    (["--precision", "fp32"], "quantize makes fp16, bf16 or fp8"),
+    (["--precision", "int3"], "unknown precision 'int3'"),
+    (["--precision", "fp32"], "quantize makes fp16, bf16, fp8, int8 or int4"),
+    (["--precision", "int4", "--graphs", "vae_encoder"], "vae_encoder stays bf16/fp32"),
+    (["--precision", "int4", "--block-size", "48"], "--block-size 48 is not one of 16, 32, 64, 128, 256"),
+    (["--precision", "fp8", "--block-size", "32"], "--block-size applies to --precision int8 or int4 only"),
     (["--precision", "fp8", "--graphs", "vae_decoder"], "vae_decoder stays bf16/fp32"),
     (["--precision", "fp16", "--graphs", "decoder"], "has no decoder graph"),
     (["--precision", "bf16", "--overflow-report"], "--overflow-report goes with --precision fp16"),
-    (["--precision", "fp16", "--exclude", "lm_head.*"], "--exclude applies to --precision fp8 only"),
+    (["--precision", "fp16", "--exclude", "lm_head.*"], "--exclude applies to --precision fp8, int8 or int4 only"),
     (["--precision", "fp8", "--calib", "/nonexistent/prompts.txt"], "cannot read calibration prompts"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, art, tiny_dir, argv, message):

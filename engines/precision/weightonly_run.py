@@ -1,0 +1,97 @@
+"""`quantize --precision int4|int8`: both deployments of every graph, checked and validated, installed together."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import onnx
+
+from nextstep_trt.core.errors import CheckFailed
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.core.report import ParityReport
+from nextstep_trt.export.manifest import Manifest
+from nextstep_trt.ref.checkpoint import ModelBundle
+
+from .awq import GramCollector
+from .options import QuantizeOptions, calibrate, validation_text
+from .ranges import Runner
+from .weightonly import (TENSORRT_SUFFIX, WEIGHT_ONLY, WEIGHT_ONLY_EXCLUDE, Method, WeightOnlyConfig, choose_sites,
+                         cpu_accuracy_level, matmul_weight)
+from .weightonly_make import check_pair, deployments, make_pair
+
+
+def weight_only_config(opts: QuantizeOptions) -> tuple[WeightOnlyConfig, str]:
+    """The quantization settings and why the accuracy level is what it is."""
+    level, reason = cpu_accuracy_level()
+    if opts.accuracy_level is not None:
+        level, reason = opts.accuracy_level, f"--accuracy-level {opts.accuracy_level} (this CPU: {reason})"
+    return WeightOnlyConfig(WEIGHT_ONLY[opts.precision], opts.block_size, Method(opts.method), level), reason
+
+
+def quantize_weight_only(opts: QuantizeOptions, bundle: ModelBundle, manifest: Manifest, names: list[str],
+                         prompts: list[str], log=print) -> dict[str, dict]:
+    """Make, check, validate and install the int4/int8 pair of every graph in ``names``; the manifest records."""
+    cfg, reason = weight_only_config(opts)
+    log(f"{opts.precision.value}: block {cfg.block}, {cfg.method.value}, ONNX Runtime accuracy level "
+        f"{cfg.accuracy_level} ({reason})")
+    params = {k: v.detach().float().numpy() for k, v in bundle.model.state_dict().items()}
+    models = {g: onnx.load(manifest.path(g)) for g in names}
+    exclude = list(opts.exclude) if opts.exclude is not None else WEIGHT_ONLY_EXCLUDE
+    chosen = {g: choose_sites(models[g], params, exclude, cfg.block) for g in names}
+    grams, calibration = {}, None
+    if cfg.method is Method.AWQ:
+        grams = {g: GramCollector(models[g], chosen[g][0], cfg.block) for g in names if chosen[g][0]}
+        calibration = calibrate(bundle, manifest, prompts, {g: [c] for g, c in grams.items()})
+        log(f"calibrated on {calibration['requests']} reference runs over {len(prompts)} prompts "
+            f"in {calibration['seconds']} s")
+    records, failed = {}, []
+    for g in names:
+        start = time.perf_counter()
+        sites, kept = chosen[g]
+        ort_model, trt_model, recipe, _ = make_pair(models[g], manifest.path(g), sites, kept, cfg, grams.get(g))
+        recipe["exclude"] = exclude
+        if calibration is not None:
+            recipe["calibration"] = calibration | {"samples": grams[g].samples if g in grams else 0,
+                                                   "method": "block Gram matrices of each linear's activations"}
+        weights = {s.weight: matmul_weight(models[g], s) for s in sites}
+        extra = {"recipe": recipe, "deployments": deployments(g, opts.precision, cfg, reason, trt_model)}
+        try:
+            extra["deployments"]["check"] = check_pair(ort_model, trt_model, sites, weights, cfg.bits,
+                                                       cfg.method is Method.AWQ)
+            report = install_pair(bundle, manifest, g, ort_model, trt_model, extra, opts, time.perf_counter() - start)
+        except CheckFailed as err:            # the next graphs are still made; the command exits 1 at the end
+            log(f"{g} [{opts.precision.value}]: NOT installed: {err}")
+            failed.append(str(err))
+            continue
+        records[g] = manifest.entry(g, opts.precision)
+        log(f"{g} [{opts.precision.value}]: {records[g]['bytes'] / 2**20:.2f} MiB (both files), "
+            f"{len(sites)} linear nodes int{cfg.bits}, {len(kept)} kept"
+            + (f", {validation_text(records[g]['validation'])}" if report.rows else ""))
+    if failed:
+        raise CheckFailed(f"{len(failed)} of {len(names)} {opts.precision.value} graphs failed validation and were "
+                          f"not installed; first: {failed[0]}")
+    return records
+
+
+def install_pair(bundle: ModelBundle, manifest: Manifest, graph: str, ort_model: onnx.ModelProto,
+                 trt_model: onnx.ModelProto, extra: dict, opts: QuantizeOptions, seconds: float) -> ParityReport:
+    """Both files into one scratch folder; level 1 of the ONNX Runtime graph; installed and recorded together."""
+    from nextstep_trt.export.exporter import save
+    from nextstep_trt.export.install import install_graph
+    from nextstep_trt.export.validate import validate_graph
+
+    spec = manifest.spec(graph)
+
+    def write(scratch: Path) -> list[Path]:
+        files = save(ort_model, scratch / f"{graph}.onnx")
+        return files + save(trt_model, scratch / f"{graph}{TENSORRT_SUFFIX}")
+
+    def validate(path: Path) -> ParityReport:
+        onnx.checker.check_model(str(path.with_name(f"{graph}{TENSORRT_SUFFIX}")), full_check=True)
+        if not opts.validate:
+            return ParityReport()
+        return validate_graph(bundle, spec, Runner(ort_model, opts.precision).run, manifest.profile, opts.precision)
+
+    sizes = manifest.data["graphs"][graph].get("export_sizes", {})
+    return install_graph(spec, sizes, seconds, write, validate, opts.artifacts, manifest, opts.precision, extra,
+                         trt_graph=f"{graph}{TENSORRT_SUFFIX}")
