@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +121,9 @@ def _load_vae_state(vae_dir: Path) -> dict[str, torch.Tensor]:
     if pt.is_file():
         try:
             state = torch.load(pt, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:    # torch's text advises weights_only=False: never, for a file we read
+            raise UserError(f"cannot load {pt}: not a weights-only torch checkpoint (damaged, or a pickle that "
+                            f"runs code, which is never loaded)") from None
         except Exception as err:  # torch raises several unrelated types for a bad file
             raise UserError(f"cannot load {pt}: {str(err).splitlines()[0][:300]}") from None
         state = state.get("state_dict", state) if isinstance(state, dict) else state
