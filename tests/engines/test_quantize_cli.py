@@ -86,6 +86,8 @@ def test_the_exclusion_list_is_data(capsys, art, tiny_dir):
     (["--precision", "int4", "--graphs", "vae_encoder"], "vae_encoder stays bf16/fp32"),
     (["--precision", "int4", "--block-size", "48"], "--block-size 48 is not one of 16, 32, 64, 128, 256"),
     (["--precision", "fp8", "--block-size", "32"], "--block-size applies to --precision int8 or int4 only"),
+    (["--precision", "fp8", "--method", "awq"], "--method applies to --precision int8 or int4 only"),
+    (["--precision", "fp16", "--sensitivity"], "--sensitivity applies to --precision int8 or int4 only"),
     (["--precision", "fp8", "--graphs", "vae_decoder"], "vae_decoder stays bf16/fp32"),
     (["--precision", "fp16", "--graphs", "decoder"], "has no decoder graph"),
     (["--precision", "bf16", "--overflow-report"], "--overflow-report goes with --precision fp16"),

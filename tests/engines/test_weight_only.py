@@ -215,6 +215,27 @@ def test_sensitivity_prints_the_error_of_each_layer_type(art, tiny_dir, capsys):
     assert Manifest.load(art).entry("head_step", Precision.INT4)["recipe"]["block_size"] == BLOCK   # nothing installed
 
 
+def test_generate_runs_the_int4_graphs_on_onnx_runtime(art, tiny_dir, tmp_path, capsys):
+    out = tmp_path / "fox.png"
+    assert main(["generate", "--model", str(tiny_dir), "--artifacts", str(art), "--backend", "onnxruntime",
+                 "--precision", "int4", "--prompt", "a red fox", "--height", "32", "--width", "32", "--steps", "3",
+                 "--out", str(out)]) == 0
+    said = "".join(capsys.readouterr())
+    assert out.stat().st_size > 100 and "no int4 graph for" in said and "vae_decoder" in said, said
+    assert "no fused sampler" not in said                 # the int4 head_sampler ran, not the head_step loop
+
+
+@pytest.mark.parametrize("flags,level", [("fpu sse2 avx2 fma", 4), ("fp asimd asimddp", 4), ("fpu sse2 sse4_2", 1)])
+def test_default_accuracy_level_follows_the_cpu(tmp_path, flags, level):
+    from nextstep_trt.engines.precision.weightonly import cpu_accuracy_level
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\n{'Features' if 'asimd' in flags else 'flags'}\t\t: {flags}\n")
+    got, reason = cpu_accuracy_level(info)
+    assert got == level and (f"accuracy level {level}" in reason)
+    assert cpu_accuracy_level(tmp_path / "missing")[0] == 1
+
+
 def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
