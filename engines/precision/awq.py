@@ -79,7 +79,8 @@ def clip_ratios(w: np.ndarray, gram: np.ndarray, bits: int, block: int) -> tuple
     best_err = best = None
     rtn_err = None
     for r in CLIP_RATIOS:
-        d = blocks - quantize(w, bits, block, np.full((k // block, n), r, np.float32)).dequantize().reshape(blocks.shape)
+        ratio = np.full((k // block, n), r, np.float32)
+        d = blocks - quantize(w, bits, block, ratio).dequantize().reshape(blocks.shape)                  # [K/bs,bs,N]
         err = np.einsum("bin,bij,bjn->bn", d, gram, d)                                      # [K/bs,N]
         if rtn_err is None:
             rtn_err, best_err, best = err, err, np.full(err.shape, r, np.float32)

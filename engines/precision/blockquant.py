@@ -73,7 +73,8 @@ def block_amax(w: np.ndarray, block: int) -> np.ndarray:
 
 
 def quantize(w: np.ndarray, bits: int, block: int, clip: np.ndarray | None = None) -> Quantized:
-    """RTN codes of ``w [K,N]`` (K a multiple of ``block``); ``clip`` [K/block, N] in (0, 1] scales each block's amax."""
+    """RTN codes of ``w [K,N]`` (K a multiple of ``block``); ``clip`` [K/block, N] in (0, 1] scales each block's
+    amax."""
     w = np.asarray(w, np.float32)
     k, n = w.shape
     amax = block_amax(w, block) * (1.0 if clip is None else clip)

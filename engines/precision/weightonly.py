@@ -202,8 +202,8 @@ def dq_graph(low: onnx.ModelProto, sites: list[Site], quantized: dict[str, Quant
             q_name, s_name = f"{site.weight}/int{qw.bits}", f"{site.weight}/scale_{dtype}"
             scale = qw.scale.T if site.gemm else qw.scale                                  # [N,K/bs] or [K/bs,N]
             np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
-            low.graph.initializer.extend([dq_tensor(qw, q_name, site.gemm),
-                                          numpy_helper.from_array(np.ascontiguousarray(scale).astype(np_dtype), s_name)])
+            scale = np.ascontiguousarray(scale).astype(np_dtype)
+            low.graph.initializer.extend([dq_tensor(qw, q_name, site.gemm), numpy_helper.from_array(scale, s_name)])
             made[key] = (q_name, s_name)
         q_name, s_name = made[key]
         w = f"{node.name}/dequantized_weight"

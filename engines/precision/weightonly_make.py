@@ -112,6 +112,7 @@ def check_pair(ort_model: onnx.ModelProto, trt_model: onnx.ModelProto, sites: li
         found = problems(a, weights.get(s.weight), clip=clipped)
         if found:
             raise CheckFailed(f"{s.node} ({', '.join(s.params)}): {found[0]}")
-    return {"sites": len(sites), "same_codes_and_scales": True, "codes_in_range": True, "scales_positive_and_short": True,
+    return {"sites": len(sites), "same_codes_and_scales": True, "codes_in_range": True,
+            "scales_positive_and_short": True,
             "rounding_bound": "every element within its block's clip range" if clipped else
             "|w - q*s| <= s/2 for every element"}

@@ -19,6 +19,8 @@ from nextstep_trt.core.metrics import Bound
 from nextstep_trt.core.precision import Precision
 from nextstep_trt.export.manifest import Manifest
 
+pytestmark = pytest.mark.slow(seconds=45)      # idle seconds, roughly: scheduled first (tests/conftest.py)
+
 GRAPHS = ("backbone", "head_step", "head_sampler")
 BLOCK = 32
 # Linears with K a multiple of 32 outside the keep-list: per backbone layer the fused q/k/v, o_proj, the fused
@@ -270,12 +272,19 @@ def test_quantize_validates_records_both_files_and_never_installs_a_failing_grap
 
 @pytest.mark.parametrize("precision,cc", [("int4", "8.9"), ("int4", "12.0"), ("int8", "8.9"), ("int8", "12.0")])
 def test_tensorrt_graphs_build_with_tensorrt_rtx(art, precision, cc):
-    """The blocked-DequantizeLinear bf16 graphs (not the MatMulNBits ones) parse and build ahead of time."""
+    """The blocked-DequantizeLinear bf16 graphs (not the MatMulNBits ones) parse and build ahead of time, and the
+    TensorRT backend's lookup (the recorded sha256 of the .trt.onnx) finds the plan for that GPU."""
     needs_rtx()
-    from engine_helpers import build
+    from engine_helpers import build, rtx
 
+    from nextstep_trt.export.deployments import tensorrt_graph
+    from nextstep_trt.runtime.plans import find_plan
+
+    manifest = Manifest.load(art)
     for graph in GRAPHS:
         rec = build(art, graph, precision, cc=cc)
         assert (rec.folder / "engine.plan").stat().st_size == rec.manifest["plan_bytes"] > 0, graph
         assert rec.manifest["key_inputs"]["onnx"]["graph_sha256"] == _sha(art / precision / f"{graph}.trt.onnx")
-        assert rec.manifest["target"]["compute_capability"] == cc
+        path, sha = tensorrt_graph(manifest, graph, Precision(precision))
+        assert path.name == f"{graph}.trt.onnx"
+        assert find_plan(art, graph, precision, rtx(cc)[1], sha).parent == rec.folder
