@@ -86,7 +86,7 @@ def worst_layers(manifest, reference, precision: Precision) -> list[LayerReport]
     precision = Precision(precision)
     if precision is Precision.FP32:
         raise UserError("--mark-intermediates compares a precision graph with its fp32 graph: use --precision "
-                        "fp16, bf16 or fp8")
+                        "fp16, bf16, fp8, int8 or int4")
     out = []
     for graph, p in manifest.graph_precisions(precision).items():
         if p is not precision:

@@ -91,7 +91,7 @@ def _run_verify(args) -> int:
     levels = _levels(args.levels or "1,2,3")
     if args.mark_intermediates and args.precision == "fp32":
         raise UserError("--mark-intermediates compares a precision graph with its fp32 graph: use --precision "
-                        "fp16, bf16 or fp8")
+                        "fp16, bf16, fp8, int8 or int4")
     with open_backend(args.backend, args.model, args.artifacts, args.precision, args.device) as backend:
         if args.golden:
             from nextstep_trt.runtime.golden import GoldenReference
