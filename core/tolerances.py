@@ -58,11 +58,11 @@ FP8_SINGLE_GEMM = Bound(rel_l2=0.3, max_abs=1.0, cosine=0.97, mean_cosine=0.998)
 # normal with no outlier channels or structure, so these errors are the i.i.d. rounding noise of block-wise RTN;
 # they prove the graphs compute the right thing and bound that noise, not a trained checkpoint's error (outlier
 # channels coarsen the per-block scales; AWQ has more to find there than here).
-INT4_BACKBONE = Bound(rel_l2=0.3, max_abs=0.4, cosine=0.97, mean_cosine=0.993)
+INT4_BACKBONE = Bound(rel_l2=0.3, max_abs=0.4, cosine=0.965, mean_cosine=0.993)
 INT4_HEAD = Bound(rel_l2=0.18, max_abs=0.25, cosine=0.985, mean_cosine=0.995)
 INT4_SAMPLER = Bound(rel_l2=0.15, max_abs=0.36, cosine=0.99, mean_cosine=0.997)
 INT8_BACKBONE = Bound(rel_l2=0.03, max_abs=0.045, cosine=0.9997, mean_cosine=0.99993)
-INT8_HEAD = Bound(rel_l2=0.018, max_abs=0.025, cosine=0.9999, mean_cosine=0.99995)
+INT8_HEAD = Bound(rel_l2=0.018, max_abs=0.025, cosine=0.9998, mean_cosine=0.99995)
 INT8_SAMPLER = Bound(rel_l2=0.016, max_abs=0.075, cosine=0.9999, mean_cosine=0.99997)
 
 # Level 1: (graph, precision) -> bound on every output tensor.
