@@ -5,9 +5,9 @@ each block gets one scale ``s = amax / qmax`` (``qmax`` 7 for int4, 127 for int8
 |w|, times a clip ratio when the activation-aware search chose one) and codes ``q = clip(rint(w / s), -qmax-1,
 qmax)``. Our own quantizer rather than ONNX Runtime's ``MatMulNBitsQuantizer`` (onnxruntime 1.32): it quantizes
 MatMul nodes only (the flow head's linears are Gemm), refuses 8-bit weights in the DequantizeLinear form, and its
-symmetric mode makes about half the scales negative (``s = m / -8``, m the block's signed extreme), which TensorRT
-forbids ("all scale coefficients must have strictly positive values"). ModelOpt's ONNX int4 (0.47) also takes
-MatMul nodes only, excludes by node name where our keep-list names parameters, and writes one deployment.
+symmetric mode makes about half the scales negative (``s = m / -8``, m the block's signed extreme: legal, and
+TensorRT-RTX 1.7 builds it, but ONNX documents positive scales). ModelOpt's ONNX int4 (0.47) also takes MatMul
+nodes only, excludes by node name where our keep-list names parameters, and writes one deployment.
 
 Every scale is rounded UP to a value of ``scale_bits(bits)`` significant bits (``ceil_bits``: 5 for int4, 1 --
 a power of two -- for int8), so every product ``q * s`` (the codes need up to 3 / 7 significant bits) is a
