@@ -9,6 +9,8 @@ import numpy as np
 
 from nextstep_trt.core.resources import rss_bytes
 
+from .poller import Poller
+
 MiB = 2**20
 
 
@@ -63,26 +65,15 @@ def measure_bandwidth(size_mib: int = 512, repeats: int = 5, threads: int = 2) -
     return Bandwidth(size_mib, repeats, max(one), max(many or one), threads, max(read), samples_gbps=one + many)
 
 
-class RssSampler:
+class RssSampler(Poller):
     """Samples VmRSS every ``interval`` s in a thread while the block runs: ``start`` and ``peak`` bytes."""
 
     def __init__(self, interval: float = 0.02):
-        self.interval = interval
+        super().__init__(interval)
         self.start = self.peak = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, rss_bytes())
-
-    def __enter__(self) -> "RssSampler":
+    def begin(self) -> None:
         self.start = self.peak = rss_bytes()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
         self.peak = max(self.peak, rss_bytes())

@@ -18,9 +18,10 @@ timed repeat has no spread: the report says so.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
+
+from .poller import Poller
 
 LoadReader = Callable[[], float]
 CpuReader = Callable[[], "tuple[int, int, int] | None"]     # (machine busy ticks, machine total ticks, own ticks)
@@ -87,32 +88,25 @@ class LoadReading:
         return f"{cell} ran under load: {load}{others} (its times are not trustworthy)"
 
 
-class LoadWatch:
+class LoadWatch(Poller):
     """Context manager: reads the load at entry, every ``interval`` s in a daemon thread, and at exit."""
 
     def __init__(self, reader: LoadReader = one_minute_load, cores: int | None = None, interval: float = 1.0,
                  cpu: CpuReader = cpu_ticks):
-        self.reader, self.interval, self.cpu = reader, interval, cpu
+        super().__init__(interval)
+        self.reader, self.cpu = reader, cpu
         self.reading = LoadReading(cores=cores or usable_cores())
         self._ticks: tuple[int, int, int] | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.reading.samples.append(self.reader())
-
-    def __enter__(self) -> "LoadWatch":
+    def begin(self) -> None:
         self._ticks = self.cpu()
-        self.reading.samples.append(self.reader())
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
+        self.sample()
 
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
         self.reading.samples.append(self.reader())
+
+    def end(self) -> None:
+        self.sample()
         end = self.cpu()
         if self._ticks is not None and end is not None and end[1] - self._ticks[1] >= MIN_TICKS:
             busy, total, own = (b - a for a, b in zip(self._ticks, end))

@@ -1,7 +1,28 @@
 """Shared fixtures: a tiny random-weight model folder in the official layout, built once per session."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `-n 2` on 2 cores: one thread per worker (and per CLI subprocess it starts); two workers with two torch
+    # threads each oversubscribe the cores, and small linears then run 20-50x slower.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files marked ``slow(seconds=...)`` first, longest first (a stable sort): `-n 2 --dist loadfile`
+    (pyproject.toml) hands out whole files in this order, so the two workers end together instead of one running
+    the README's blocks alone at the end."""
+    def cost(item) -> float:
+        mark = item.get_closest_marker("slow")
+        return -mark.kwargs.get("seconds", 1) if mark else 0
+
+    items.sort(key=cost)
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,12 @@
 """The README's main job: `nextstep-trt demo` end to end on a fresh folder."""
+import pytest
 import json
 
 from PIL import Image
 
 from nextstep_trt.cli import main
+
+pytestmark = pytest.mark.slow(seconds=40)      # idle seconds, roughly: scheduled first (tests/conftest.py)
 
 
 def test_demo_end_to_end(tmp_path, capsys):

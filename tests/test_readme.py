@@ -2,12 +2,15 @@
 environment's `nextstep-trt` first on PATH. A block that exits non-zero fails the test with its output."""
 from __future__ import annotations
 
+import pytest
 import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+pytestmark = pytest.mark.slow(seconds=220)      # idle seconds, roughly: scheduled first (tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK_TIMEOUT = 900   # seconds; a block this slow is a bug in itself

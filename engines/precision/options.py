@@ -38,8 +38,8 @@ class QuantizeOptions:
 
 
 def calibrate(bundle: "ModelBundle", manifest: Manifest, prompts: list[str],
-              consumers: dict[str, list]) -> dict:
-    """One pass of the reference over the calibration prompts, feeding each graph's consumers."""
+              consumers: dict[str, list], log=print) -> dict:
+    """One pass of the reference over the calibration prompts, feeding each graph's consumers; says how long."""
     from .calibrate import record_calibration
 
     def sink(graph: str, feeds) -> None:
@@ -48,7 +48,9 @@ def calibrate(bundle: "ModelBundle", manifest: Manifest, prompts: list[str],
 
     start = time.perf_counter()
     info = record_calibration(bundle, manifest.profile, prompts, sink)
-    return info | {"seconds": round(time.perf_counter() - start, 2)}
+    info |= {"seconds": round(time.perf_counter() - start, 2)}
+    log(f"calibrated on {info['requests']} reference runs over {len(prompts)} prompts in {info['seconds']} s")
+    return info
 
 
 def validation_text(summary: dict) -> str:

@@ -106,9 +106,7 @@ def _quantize_locked(opts: QuantizeOptions, bundle: ModelBundle | None, log) -> 
         for g in names:
             tensors = sorted({c.activation for c in choices[g] if c.reason is None}) if choices else None
             ranges[g] = RangeCollector(models[g], tensors)
-        calibration = calibrate(bundle, manifest, prompts, {g: [c] for g, c in ranges.items()})
-        log(f"calibrated on {calibration['requests']} reference runs over {len(prompts)} prompts "
-            f"in {calibration['seconds']} s")
+        calibration = calibrate(bundle, manifest, prompts, {g: [c] for g, c in ranges.items()}, log)
     records, failed = {}, []
     for g in names:
         start = time.perf_counter()

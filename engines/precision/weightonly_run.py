@@ -41,9 +41,7 @@ def quantize_weight_only(opts: QuantizeOptions, bundle: ModelBundle, manifest: M
     grams, calibration = {}, None
     if cfg.method is Method.AWQ:
         grams = {g: GramCollector(models[g], chosen[g][0], cfg.block) for g in names if chosen[g][0]}
-        calibration = calibrate(bundle, manifest, prompts, {g: [c] for g, c in grams.items()})
-        log(f"calibrated on {calibration['requests']} reference runs over {len(prompts)} prompts "
-            f"in {calibration['seconds']} s")
+        calibration = calibrate(bundle, manifest, prompts, {g: [c] for g, c in grams.items()}, log)
     records, failed = {}, []
     for g in names:
         start = time.perf_counter()

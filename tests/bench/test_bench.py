@@ -17,6 +17,8 @@ from nextstep_trt.bench.run import BenchOptions
 from nextstep_trt.bench.session import run_bench
 from nextstep_trt.bench.tables import report_table
 
+pytestmark = pytest.mark.slow(seconds=45)      # idle seconds, roughly: scheduled first (tests/conftest.py)
+
 STAGES = ("prefill_ms", "decode_first_ms", "decode_mid_ms", "decode_last_ms", "sampler_ms", "vae_ms")
 
 

@@ -14,6 +14,8 @@ from nextstep_trt.core.report import CPU_BF16_NOTE, CPU_FP16_NOTE
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.export.profile import GRAPHS, SAMPLERS
 
+pytestmark = pytest.mark.slow(seconds=30)      # idle seconds, roughly: scheduled first (tests/conftest.py)
+
 ALL = set(GRAPHS)
 # The issue's fp8 recipe, written out by hand: these parameters' linear layers carry Q/DQ, all others stay fp32.
 FP8_BACKBONE = {f"layers.{i}.{m}.weight" for i in (0, 1) for m in

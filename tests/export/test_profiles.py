@@ -6,6 +6,8 @@ from PIL import Image
 from nextstep_trt.cli import main
 from nextstep_trt.export.manifest import Manifest
 
+pytestmark = pytest.mark.slow(seconds=45)      # idle seconds, roughly: scheduled first (tests/conftest.py)
+
 
 @pytest.mark.parametrize("max_batch,extra", [(1, []), (2, ["--no-edit"])])
 def test_export_validate_and_generate_at_a_small_max_batch(tiny_dir, tmp_path, max_batch, extra):

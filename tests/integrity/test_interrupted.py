@@ -17,6 +17,8 @@ from integrity_helpers import one_line, run_cli
 
 from nextstep_trt.core.faults import ENV
 
+pytestmark = pytest.mark.slow(seconds=25)      # idle seconds, roughly: scheduled first (tests/conftest.py)
+
 SCRIPT = Path(sys.executable).with_name("nextstep-trt")
 
 

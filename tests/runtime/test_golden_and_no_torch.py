@@ -9,6 +9,8 @@ import pytest
 
 from nextstep_trt.cli import main
 
+pytestmark = pytest.mark.slow(seconds=60)      # idle seconds, roughly: scheduled first (tests/conftest.py)
+
 NO_TORCH = "import sys; sys.modules['torch'] = None\nfrom nextstep_trt.cli import main\nsys.exit(main({argv!r}))"
 
 

@@ -7,6 +7,8 @@ from nextstep_trt.runtime.ort_backend import OrtBackend
 from nextstep_trt.runtime.reference import LiveReference
 from nextstep_trt.runtime.verify import verify_backend
 
+pytestmark = pytest.mark.slow(seconds=28)      # idle seconds, roughly: scheduled first (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def parity(tiny_artifacts, tiny_bundle, tiny_profile):

@@ -1,4 +1,5 @@
 """Bad input to the low-memory export and to init-model: one line on stderr, exit 2, nothing good replaced."""
+import pytest
 import hashlib
 import shutil
 from collections import namedtuple
@@ -6,6 +7,8 @@ from collections import namedtuple
 from scale_helpers import SMALL, relink_copy
 
 from nextstep_trt.cli import main
+
+pytestmark = pytest.mark.slow(seconds=40)      # idle seconds, roughly: scheduled first (tests/conftest.py)
 
 Usage = namedtuple("Usage", "total used free")
 

@@ -12,6 +12,8 @@ from nextstep_trt.export.initializers import external_info
 from nextstep_trt.export.lint import load_model
 from nextstep_trt.export.spec import kv_names
 
+pytestmark = pytest.mark.slow(seconds=20)      # idle seconds, roughly: scheduled first (tests/conftest.py)
+
 OUTPUTS = ["cond"] + kv_names("new_key", 2) + kv_names("new_value", 2)
 
 

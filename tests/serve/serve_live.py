@@ -112,8 +112,9 @@ class LiveServer:
         while time.monotonic() < end:
             if self.proc.poll() is not None:
                 pytest.fail(f"serve exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
-            try:
-                if http("GET", f"{self.url}/v2/health/ready", timeout=2)[0] == 200:
+            try:           # Triton answers ready, and serve has seen it too (its own "ready on" line)
+                ready = http("GET", f"{self.url}/v2/health/ready", timeout=2)[0] == 200
+                if ready and "serve: ready on" in self.own_output():
                     return self
             except OSError:
                 pass
