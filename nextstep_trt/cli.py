@@ -23,11 +23,12 @@ EXTRAS = {"torch": "torch", "onnxscript": "torch", "onnx_graphsurgeon": "torch",
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every flag's help ends with its default, except where there is none to show (required, unset, switches)."""
+    """Every flag's help ends with its default, except where there is none to show (required, unset, switches) or
+    the help already says it in words ("(default: loopback only)")."""
 
     def _get_help_string(self, action):
         if action.required or action.default is None or action.default is argparse.SUPPRESS \
-                or isinstance(action.default, bool) or action.default == []:
+                or isinstance(action.default, bool) or action.default == [] or "(default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 

@@ -37,19 +37,19 @@ def add_arguments(name: str, p) -> None:
     p.add_argument("--bandwidth-mib", type=int, default=512, help="size of the bandwidth copy (>= 512 recommended)")
     p.add_argument("--decode-past", default="300,1000",
                    help="cache lengths of the decode-step micro-benchmark at batch 2 (our graph per precision and "
-                        "the peer's, interleaved; 'none' skips it; default 300,1000)")
-    p.add_argument("--decode-rounds", type=int, default=5, help="interleaved rounds of that benchmark (default 5)")
-    p.add_argument("--decode-steps", type=int, default=6, help="timed steps per graph per round (default 6)")
+                        "the peer's, interleaved; 'none' skips it)")
+    p.add_argument("--decode-rounds", type=int, default=5, help="interleaved rounds of that benchmark")
+    p.add_argument("--decode-steps", type=int, default=6, help="timed steps per graph per round")
     p.add_argument("--peer", choices=["auto", "on", "off"], default="auto",
                    help="onnxruntime-genai's fp32/int4 builds of our backbone in the decode-step benchmark (built "
                         "once, cached under ARTIFACTS/peer/); auto: when onnxruntime-genai is installed")
     p.add_argument("--peer-accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4],
-                   help="the peer's MatMulNBits accuracy level (4: int8 activations; default 4)")
+                   help="the peer's MatMulNBits accuracy level (4: int8 activations)")
     p.add_argument("--peer-block-size", type=int, default=32, choices=[16, 32, 64, 128, 256],
-                   help="the peer's quantization block (weights per scale along the input dimension; default 32)")
+                   help="the peer's quantization block (weights per scale along the input dimension)")
     p.add_argument("--max-spread", type=float, default=1.25,
-                   help="a cell whose timed repeats spread more than this (max/min) is run again (default 1.25)")
-    p.add_argument("--reruns", type=int, default=2, help="re-runs of a cell with a wide spread (default 2)")
+                   help="a cell whose timed repeats spread more than this (max/min) is run again")
+    p.add_argument("--reruns", type=int, default=2, help="re-runs of a cell with a wide spread")
 
 
 def _floor_arguments(p) -> None:
@@ -59,15 +59,15 @@ def _floor_arguments(p) -> None:
     p.add_argument("--bandwidth", help="comma-separated NAME=GB/s or NAME=GB/s@MEMORY_GB, memory as the data sheet "
                                        "says it (12 = a '12 GB' card: 12 GiB); default: data-sheet H100 SXM, A100 "
                                        "80GB, L40S, RTX 4090, L4, RTX 4080, RTX 4070")
-    p.add_argument("--height", type=int, default=512, help="image height (default 512)")
-    p.add_argument("--width", type=int, default=512, help="image width (default 512)")
-    p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
-    p.add_argument("--prompt-tokens", type=int, default=64, help="prompt tokens per row (default 64)")
-    p.add_argument("--batch", default="1,4", help="comma-separated images per request (default 1,4)")
+    p.add_argument("--height", type=int, default=512, help="image height")
+    p.add_argument("--width", type=int, default=512, help="image width")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps")
+    p.add_argument("--prompt-tokens", type=int, default=64, help="prompt tokens per row")
+    p.add_argument("--batch", default="1,4", help="comma-separated images per request")
     p.add_argument("--precision", "--dtype", dest="precision", default="bf16,fp8,int8,int4",
-                   help="comma-separated weight precisions of fp32,fp16,bf16,fp8,int8,int4 (default "
-                        "bf16,fp8,int8,int4; int8/int4: block-wise weights + one fp16 scale per block)")
-    p.add_argument("--block-size", type=int, default=32, help="int8/int4 weights per scale (default 32)")
+                   help="comma-separated weight precisions of fp32,fp16,bf16,fp8,int8,int4 (int8/int4: "
+                        "block-wise weights + one fp16 scale per block)")
+    p.add_argument("--block-size", type=int, default=32, help="int8/int4 weights per scale")
 
 
 def _devices(text: str | None):

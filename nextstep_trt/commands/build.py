@@ -24,7 +24,7 @@ def add_arguments(name: str, p) -> None:
                    help="default: tensorrt when it is installed and a GPU is present, else tensorrt-rtx")
     p.add_argument("--compute-capability", metavar="X.Y",
                    help="target GPU (TensorRT-RTX builds ahead of time for it without a GPU); default: this GPU's")
-    p.add_argument("--opt-level", type=int, default=3, help="builder optimization level 0..5 (default 3)")
+    p.add_argument("--opt-level", type=int, default=3, help="builder optimization level 0..5")
     p.add_argument("--workspace-gib", type=float, help="workspace memory pool limit in GiB (default: TensorRT's)")
     p.add_argument("--force", action="store_true", help="rebuild even when a matching engine is cached")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")

@@ -52,11 +52,20 @@ def test_cli_bad_batch_and_missing_artifacts(capsys, tiny_dir, tiny_artifacts):
     _one_line_error(capsys, ["bench", "--model", str(tiny_dir), "--backends", "onnxruntime"], "need --artifacts")
 
 
-def test_every_bench_and_floor_flag_has_a_help_text():
-    from nextstep_trt.cli import _available, build_parser
+def test_every_flag_of_every_command_has_a_help_text_and_one_default():
+    """Every flag says what it does and shows its default exactly once (argparse's formatter adds "(default: X)"
+    unless the help already says it), switches and required flags excepted."""
+    import argparse
+
+    from nextstep_trt.cli import HelpFormatter, _available, build_parser
 
     parser = build_parser(_available())
-    subs = next(a for a in parser._actions if a.choices and "bench" in a.choices).choices
-    for command in ("bench", "floor"):
-        missing = [a.dest for a in subs[command]._actions if not a.help]
-        assert not missing, (command, missing)
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"bench", "floor", "generate", "export", "quantize", "serve"} <= set(subs)
+    for command, sub in subs.items():
+        formatter = HelpFormatter(command)
+        for a in (a for a in sub._actions if a.option_strings and a.dest != "help"):
+            text = formatter._expand_help(a) if a.help else ""
+            shown = text.count("(default")
+            has_default = not (a.required or a.default in (None, argparse.SUPPRESS, []) or isinstance(a.default, bool))
+            assert a.help and shown == (1 if has_default else shown) and shown <= 1, (command, a.dest, text)
