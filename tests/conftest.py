@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from session_share import shared
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `-n 2` on 2 cores: one thread per worker (and per CLI subprocess it starts); two workers with two torch
@@ -25,16 +26,19 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=cost)
 
 
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A folder written by the same code as `nextstep-trt init-tiny` (several shards, VAE checkpoint.pt)."""
     from nextstep_trt.ref.checkpoint import init_random, save_model_folder
     from nextstep_trt.ref.config import tiny
 
-    out = tmp_path_factory.mktemp("models") / "tiny"
-    model, vae = init_random(tiny(), seed=0)
-    save_model_folder(out, tiny(), model, vae, max_shard_bytes=2**17)
-    return out
+    def make(root):
+        model, vae = init_random(tiny(), seed=0)
+        save_model_folder(root / "tiny", tiny(), model, vae, max_shard_bytes=2**17)
+        return root / "tiny"
+
+    return shared(tmp_path_factory, "models", make)
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +72,9 @@ def tiny_artifacts(tiny_dir, tiny_bundle, tmp_path_factory):
     """Every fp32 graph of the tiny model, exported and validated once per session; yields (folder, report)."""
     from nextstep_trt.export.run import ExportOptions, export_all
 
-    out = tmp_path_factory.mktemp("artifacts") / "art"
-    report = export_all(ExportOptions(tiny_dir, out, profile=make_test_profile()), tiny_bundle, log=lambda *_: None)
-    return out, report
+    def make(root):
+        report = export_all(ExportOptions(tiny_dir, root / "art", profile=make_test_profile()), tiny_bundle,
+                            log=lambda *_: None)
+        return root / "art", report
+
+    return shared(tmp_path_factory, "artifacts", make)

@@ -1,8 +1,6 @@
-"""A 50-step profile (the default step count, not the 3-step test profile): the bf16 and fp8 fused edit sampler
-(3-way CFG, the one that failed) passes quantize's own level-1 check, because the sampler's integrator stays fp32;
-level-1 means and redraws."""
+"""A 50-step profile (the default step count, not the 3-step test profile): the fp8 fused edit sampler (3-way CFG)
+passes quantize's own level-1 check; level-1 means and redraws."""
 import numpy as np
-import onnx
 import pytest
 
 from nextstep_trt.core.metrics import Bound, Metrics
@@ -10,7 +8,7 @@ from nextstep_trt.core.precision import Precision
 from nextstep_trt.core.report import ParityReport, ParityRow
 from nextstep_trt.export.manifest import Manifest
 
-pytestmark = pytest.mark.slow(seconds=100)      # idle seconds, roughly: scheduled first (tests/conftest.py)
+pytestmark = pytest.mark.slow(seconds=75)      # idle seconds, roughly: scheduled first (tests/conftest.py)
 
 SAMPLERS = ("head_sampler_edit",)      # head_sampler is the same graph minus a CFG row; 50 steps cost ~1 min
 
@@ -35,30 +33,15 @@ def _quantize(tiny_dir, tiny_bundle, art, precision):
     return quantize_all(QuantizeOptions(tiny_dir, art, precision), tiny_bundle, log=lambda *_: None)
 
 
-@pytest.mark.parametrize("precision", [Precision.BF16, Precision.FP8])
-def test_50_step_samplers_pass_their_own_validation(long_art, tiny_dir, tiny_bundle, precision):
-    records = _quantize(tiny_dir, tiny_bundle, long_art, precision)     # raises CheckFailed on any failure
+def test_50_step_fp8_sampler_passes_its_own_validation(long_art, tiny_dir, tiny_bundle):
+    """fp8 at the default step count (ONNX Runtime, ~10 s). bf16 at 50 steps is not run here: converting and
+    validating it took ~100 s on every CI run; what made it fail once (the integrator in bf16) is checked on the
+    structure of the 3-step bf16 samplers in test_precision_graphs.py, whose level 1 they also pass."""
+    records = _quantize(tiny_dir, tiny_bundle, long_art, Precision.FP8)     # raises CheckFailed on any failure
     for g in SAMPLERS:
         validation = records[g]["validation"]
         assert validation["ok"] and validation["cases"] > 2, validation      # redrawn: 16-value tokens
-        assert min(validation["mean_cosine"].values()) >= (0.9999 if precision is Precision.BF16 else 0.999)
-
-
-def test_the_integrator_stays_fp32(long_art, tiny_dir, tiny_bundle):
-    """Every node between the head's last linear layer and the token output computes in fp32 in the bf16
-    graph, and the recipe says so."""
-    from nextstep_trt.engines.precision import keep
-
-    if "bf16" not in Manifest.load(long_art).data["graphs"]["head_sampler_edit"]["precisions"]:
-        _quantize(tiny_dir, tiny_bundle, long_art, Precision.BF16)
-    entry = Manifest.load(long_art).entry("head_sampler_edit", Precision.BF16)
-    kept = entry["recipe"]["kept_fp32"]
-    assert kept["by_reason"]["output"] > 50                      # CFG combine + Euler update of 50 steps
-    model = onnx.load(long_art / entry["file"])
-    producer = {o: n for n in model.graph.node for o in n.output}
-    token = producer["token"]
-    assert token.name in kept["nodes"] and kept["nodes"][token.name] in ("output", "residual", "norm")
-    assert not any(n.op_type in keep.WEIGHTED_OPS for n in model.graph.node if kept["nodes"].get(n.name) == "output")
+        assert min(validation["mean_cosine"].values()) >= 0.999
 
 
 def _row(case, cos, bound):

@@ -1,5 +1,5 @@
 """Profiles a user picks work end to end: validation (and generation) stay inside the exported batch range, here at
---max-batch 1 (the edge setting, static dims) with a single resolution; the session's artifacts cover the default
+--max-batch 1 (the edge setting, static dims) with a single resolution, text to image; the session's artifacts cover the default
 (4); --no-edit's graph set and row counts are checked on the specs (the demo exports a text-to-image profile)."""
 import pytest
 from PIL import Image
@@ -10,7 +10,7 @@ from nextstep_trt.export.manifest import Manifest
 pytestmark = pytest.mark.slow(seconds=45)      # idle seconds, roughly: scheduled first (tests/conftest.py)
 
 
-@pytest.mark.parametrize("max_batch,extra", [(1, [])])
+@pytest.mark.parametrize("max_batch,extra", [(1, ["--no-edit"])])
 def test_export_validate_and_generate_at_a_small_max_batch(tiny_dir, tmp_path, max_batch, extra):
     art = tmp_path / "art"
     assert main(["export", "--model", str(tiny_dir), "--out", str(art), "--resolutions", "32x32", "--steps", "2",

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from scale_helpers import export_opts
+from session_share import shared
 
 
 @pytest.fixture(scope="session")
@@ -13,9 +14,11 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
     from nextstep_trt.ref.config import tiny
     from nextstep_trt.ref.streaming import init_model_folder
 
-    root = tmp_path_factory.mktemp("ckpt")
-    return {d: init_model_folder(root / d, tiny(), d, seed=3, max_shard_bytes=2**17, log=lambda *_: None)
-            for d in ("fp32", "bf16")}
+    def make(root):
+        return {d: init_model_folder(root / d, tiny(), d, seed=3, max_shard_bytes=2**17, log=lambda *_: None)
+                for d in ("fp32", "bf16")}
+
+    return shared(tmp_path_factory, "ckpt", make)
 
 
 @pytest.fixture(scope="session")
@@ -23,11 +26,13 @@ def ordinary(ckpts, tmp_path_factory) -> dict[str, Path]:
     """The ordinary export (whole model in memory, fp32) of each checkpoint."""
     from nextstep_trt.export.run import export_all
 
-    root = tmp_path_factory.mktemp("ordinary")
-    for d, model_dir in ckpts.items():
-        export_all(export_opts(model_dir, root / d, ("backbone", "head_step"), low_memory=False, validate=False),
-                   log=lambda *_: None)
-    return {d: root / d for d in ckpts}
+    def make(root):
+        for d, model_dir in ckpts.items():
+            export_all(export_opts(model_dir, root / d, ("backbone", "head_step"), low_memory=False, validate=False),
+                       log=lambda *_: None)
+        return {d: root / d for d in ckpts}
+
+    return shared(tmp_path_factory, "ordinary", make)
 
 
 @pytest.fixture(scope="session")
@@ -35,10 +40,12 @@ def lowmem(ckpts, tmp_path_factory) -> dict[tuple[str, str], Path]:
     """Low-memory exports, keyed (checkpoint dtype, graph dtype): two linked, one converted."""
     from nextstep_trt.export.lowmem import export_low_memory
 
-    root = tmp_path_factory.mktemp("lowmem")
-    out = {}
-    for ck, graph, graphs in (("fp32", "fp32", ("backbone", "head_step")), ("bf16", "bf16", ("backbone",)),
-                              ("bf16", "fp32", ("backbone",))):
-        out[ck, graph] = root / f"{ck}-{graph}"
-        export_low_memory(export_opts(ckpts[ck], out[ck, graph], graphs, dtype=graph), log=lambda *_: None)
-    return out
+    def make(root):
+        out = {}
+        for ck, graph, graphs in (("fp32", "fp32", ("backbone", "head_step")), ("bf16", "bf16", ("backbone",)),
+                                  ("bf16", "fp32", ("backbone",))):
+            out[ck, graph] = root / f"{ck}-{graph}"
+            export_low_memory(export_opts(ckpts[ck], out[ck, graph], graphs, dtype=graph), log=lambda *_: None)
+        return out
+
+    return shared(tmp_path_factory, "lowmem", make)
