@@ -97,6 +97,14 @@ GRAPH_BOUNDS: dict[tuple[str, Precision], Bound] = {
     ("head_sampler", Precision.INT4): INT4_SAMPLER,
 }
 
+# One decoder layer cut out of a weight-only backbone that is too big to validate whole (`quantize --low-memory`'s
+# spot check, export/spotcheck.py) against the reference layer on the checkpoint's weights: hidden state, new K/V.
+# No max-abs bound: the activations' scale is the model's. MEASURING (placeholders).
+SPOT_LAYER_BOUNDS: dict[Precision, Bound] = {
+    Precision.INT8: Bound(rel_l2=0.03, cosine=0.9995),
+    Precision.INT4: Bound(rel_l2=0.3, cosine=0.95),
+}
+
 # Level 1 exceptions: (graph, precision, tensor name without its ".{layer}" suffix) -> bound for that tensor.
 TENSOR_BOUNDS: dict[tuple[str, Precision, str], Bound] = {
     ("backbone", Precision.FP8, "new_key"): FP8_SINGLE_GEMM,    # one E4M3 GEMM (k_proj) per layer
@@ -155,6 +163,14 @@ def graph_kind(graph: str) -> str:
     """The table row a graph falls under: every fused sampler (head_sampler, head_sampler_edit_text, ...) shares
     head_sampler's bounds unless it has its own row."""
     return "head_sampler" if graph.startswith("head_sampler") else graph
+
+
+def spot_bound(precision: Precision) -> Bound:
+    """The bound of one quantized decoder layer against the reference layer (SPOT_LAYER_BOUNDS)."""
+    try:
+        return SPOT_LAYER_BOUNDS[Precision(precision)]
+    except KeyError:
+        raise UserError(f"no layer spot-check tolerance is defined at {Precision(precision).value}") from None
 
 
 def loop_bound(precision: Precision) -> Bound:

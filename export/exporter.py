@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import torch
 
+from .initializers import dedupe_initializers
 from .spec import GraphSpec, export_sizes, sample_feeds
 
 OPSET = 18                     # builds in TensorRT-RTX at fp32 (opset 23 fused Attention does not)
@@ -59,29 +60,6 @@ def _name_output_dims(model: onnx.ModelProto, spec: GraphSpec) -> None:
                 dim.dim_param = axis
             else:
                 dim.dim_value = env[axis].min if isinstance(axis, str) else axis
-
-
-def dedupe_initializers(model: onnx.ModelProto) -> int:
-    """Store byte-identical initializers once; returns how many copies were dropped."""
-    seen: dict[tuple, str] = {}
-    rename: dict[str, str] = {}
-    keep = []
-    for init in model.graph.initializer:
-        key = (init.data_type, tuple(init.dims), init.raw_data) if init.raw_data else None
-        if key is not None and key in seen:
-            rename[init.name] = seen[key]
-            continue
-        if key is not None:
-            seen[key] = init.name
-        keep.append(init)
-    if rename:
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
-        for node in model.graph.node:
-            for i, name in enumerate(node.input):
-                if name in rename:
-                    node.input[i] = rename[name]
-    return len(rename)
 
 
 def clean(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -185,24 +185,23 @@ def _link(src: Path, dest: Path) -> bool:
 
 
 def plan_bytes(wanted: list[tuple[str, str, torch.dtype]], stored: dict[str, StoredTensor]) -> int:
-    """Bytes ``place_weights`` will write (conversions only; links cost nothing)."""
+    """Bytes ``place_weights`` writes for ``wanted`` (the tensors it converts or copies; links cost nothing)."""
     total = 0
     for _, key, dtype in wanted:
-        t = stored[key]
-        if t.torch_dtype != dtype:
-            total += math.prod(t.shape) * torch.empty((), dtype=dtype).element_size() + ALIGN
+        total += math.prod(stored[key].shape) * torch.empty((), dtype=dtype).element_size() + ALIGN
     return total
 
 
 def place_weights(wanted: list[tuple[str, str, torch.dtype]], stored: dict[str, StoredTensor], graph_dir: Path,
-                  stem: str) -> list[Placement]:
-    """Put each (initializer, key, dtype) beside the graph: a link into its shard, or converted into ``stem.data``."""
+                  stem: str, link: bool = True) -> list[Placement]:
+    """Put each (initializer, key, dtype) beside the graph: a link into its shard, or converted (``link`` False:
+    copied) into ``stem.data``."""
     links: dict[Path, str | None] = {}
     data_name = f"{stem}.data"
     out, convert = [], []
     for name, key, dtype in wanted:
         t = stored[key]
-        if t.torch_dtype == dtype:
+        if link and t.torch_dtype == dtype:
             if t.file not in links:
                 link = f"{stem}.{t.file.name}"
                 links[t.file] = link if _link(t.file, graph_dir / link) else None

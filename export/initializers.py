@@ -1,9 +1,11 @@
-"""An initializer's bytes, streamed from its ONNX external data file or taken from the proto (torch-free)."""
+"""Initializers: their bytes, streamed from ONNX external data or taken from the proto, and byte-identical copies
+stored once (torch-free)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterator
 
+import onnx
 from onnx import TensorProto, numpy_helper
 
 READ_BYTES = 1 << 26
@@ -56,3 +58,26 @@ class GraphBytes:
     def __exit__(self, *exc) -> None:
         if self.file:
             self.file.close()
+
+
+def dedupe_initializers(model: onnx.ModelProto) -> int:
+    """Store byte-identical initializers once; returns how many copies were dropped."""
+    seen: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    keep = []
+    for init in model.graph.initializer:
+        key = (init.data_type, tuple(init.dims), init.raw_data) if init.raw_data else None
+        if key is not None and key in seen:
+            rename[init.name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = init.name
+        keep.append(init)
+    if rename:
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+        for node in model.graph.node:
+            for i, name in enumerate(node.input):
+                if name in rename:
+                    node.input[i] = rename[name]
+    return len(rename)

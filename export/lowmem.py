@@ -107,7 +107,7 @@ def disk_need(cfg: NextStepConfig, profile, specs: dict, sources: WeightSources,
     return need + sum(v for k, v in small.items() if k in specs and k != "backbone")
 
 
-def _integrity(path: Path, model: onnx.ModelProto, graph: str) -> None:
+def check_integrity(path: Path, model: onnx.ModelProto, graph: str) -> None:
     """Locations and onnx's checker; a UserError on failure."""
     for check in (check_locations(model, path.parent), run_checker(path, model)):
         if not check.ok:
@@ -115,7 +115,7 @@ def _integrity(path: Path, model: onnx.ModelProto, graph: str) -> None:
                             f"(the previous graph, if any, is untouched)")
 
 
-def _weights_or_fail(proto: onnx.ModelProto, graph: str, graph_dir: Path, sources: WeightSources) -> str:
+def check_weights(proto: onnx.ModelProto, graph: str, graph_dir: Path, sources: WeightSources) -> str:
     check, hashes = compare_weights(proto, graph, graph_dir, sources)
     if not check.ok:
         raise UserError(f"{graph} weights do not match the checkpoint: {check.detail}")
@@ -123,23 +123,28 @@ def _weights_or_fail(proto: onnx.ModelProto, graph: str, graph_dir: Path, source
     return check.detail
 
 
-def export_backbone(spec, opts: ExportOptions, manifest: Manifest, cfg: NextStepConfig, sources: WeightSources,
-                    layer: int | None) -> ParityReport:
-    """Meta-device trace; weights linked or converted into external data; integrity-checked; installed."""
+def meta_backbone(cfg: NextStepConfig, dtype: torch.dtype) -> torch.nn.Module:
+    """The backbone graph's module on the meta device in ``dtype`` (behind fp32 I/O), ready for ``trace_meta``."""
     from nextstep_trt.ref.model import NextStep
 
     from .graphs import BackboneGraph
 
-    dtype = graph_torch_dtype(opts.dtype)
     with torch.device("meta"):
         module = BackboneGraph(NextStep(cfg).to(dtype).eval())
-    ir_model, sizes, seconds = trace_meta(module if dtype == torch.float32 else CastIO(module, dtype), spec, opts.opset)
+    return module if dtype == torch.float32 else CastIO(module, dtype)
+
+
+def export_backbone(spec, opts: ExportOptions, manifest: Manifest, cfg: NextStepConfig, sources: WeightSources,
+                    layer: int | None) -> ParityReport:
+    """Meta-device trace; weights linked or converted into external data; integrity-checked; installed."""
+    dtype = graph_torch_dtype(opts.dtype)
+    ir_model, sizes, seconds = trace_meta(meta_backbone(cfg, dtype), spec, opts.opset)
     holder, extra = [ir_model], {"low_memory": True}          # popped by write(): the IR is freed once serialized
-    del ir_model, module
+    del ir_model
 
     def write(scratch: Path) -> list[Path]:
         proto, placed = external_proto(holder.pop(), spec, sources.stored, scratch)
-        extra["weights"] = describe(placed) | {"check": _weights_or_fail(proto, spec.name, scratch, sources)}
+        extra["weights"] = describe(placed) | {"check": check_weights(proto, spec.name, scratch, sources)}
         path = scratch / f"{spec.name}.onnx"
         onnx.save(proto, path)
         weights = extra["weights"]
@@ -150,7 +155,7 @@ def export_backbone(spec, opts: ExportOptions, manifest: Manifest, cfg: NextStep
 
     def validate(path: Path) -> ParityReport:
         model = load_model(path)
-        _integrity(path, model, spec.name)
+        check_integrity(path, model, spec.name)
         return spot_check(spec.name, path, model, sources, layer) if opts.validate else ParityReport()
 
     weight_bytes = sum(math.prod(t.shape) for k, t in sources.stored.items() if k.startswith(BACKBONE_KEYS))
@@ -170,13 +175,13 @@ def export_small(spec, opts: ExportOptions, manifest: Manifest, bundle: ModelBun
     def write(scratch: Path) -> list[Path]:
         files = save(holder.pop(), scratch / f"{spec.name}.onnx", external_data=True)
         proto = load_model(files[0])
-        extra["weights"] = {"check": _weights_or_fail(proto, spec.name, scratch, sources)}
+        extra["weights"] = {"check": check_weights(proto, spec.name, scratch, sources)}
         onnx.save(proto, files[0])
         return files
 
     def validate(path: Path) -> ParityReport:
         model = load_model(path)
-        _integrity(path, model, spec.name)
+        check_integrity(path, model, spec.name)
         if not opts.validate:
             return ParityReport()
         if dtype == torch.float32 and spec.name.startswith("head"):      # every profile case: cheap for the head

@@ -101,14 +101,15 @@ def _wanted(model, graph: str, stored: dict[str, StoredTensor]) -> list[tuple[st
     return out
 
 
-def external_proto(model, spec: GraphSpec, stored: dict[str, StoredTensor],
-                   graph_dir: Path) -> tuple[onnx.ModelProto, list[Placement]]:
-    """Place every initializer's bytes beside the graph (link or convert) and serialize the graph pointing at them."""
+def external_proto(model, spec: GraphSpec, stored: dict[str, StoredTensor], graph_dir: Path, stem: str | None = None,
+                   link: bool = True) -> tuple[onnx.ModelProto, list[Placement]]:
+    """Place every checkpoint initializer's bytes beside the graph (link or convert into ``<stem>.data``; ``link``
+    False: always written there) and serialize the graph pointing at them; other initializers stay as they are."""
     import onnx_ir as ir
     from onnx_ir.passes.common import RemoveUnusedNodesPass
 
     RemoveUnusedNodesPass()(model)
-    placements = place_weights(_wanted(model, spec.name, stored), stored, graph_dir, spec.name)
+    placements = place_weights(_wanted(model, spec.name, stored), stored, graph_dir, stem or spec.name, link)
     for p in placements:
         value = model.graph.initializers[p.name]
         value.const_value = ir.ExternalTensor(p.location, p.offset, p.length, value.dtype, shape=value.shape,

@@ -25,7 +25,7 @@ from nextstep_trt.core.errors import UserError
 from nextstep_trt.core.metrics import compare
 from nextstep_trt.core.precision import Precision
 from nextstep_trt.core.report import ParityReport, ParityRow
-from nextstep_trt.core.tolerances import BF16_WIDENED, graph_bound
+from nextstep_trt.core.tolerances import BF16_WIDENED, graph_bound, spot_bound
 from nextstep_trt.ref.config import NextStepConfig, load_config
 
 from .external import ONNX_TO_TORCH, checkpoint_key
@@ -124,9 +124,12 @@ def _reference(module_cls, cfg, state: dict[str, torch.Tensor]) -> torch.nn.Modu
     return module.eval()
 
 
-def _rows(report: ParityReport, graph: str, dtype: torch.dtype, case: str, ref: dict, got: dict) -> ParityReport:
+def _rows(report: ParityReport, graph: str, dtype: torch.dtype, case: str, ref: dict, got: dict,
+          quantized: Precision | None = None) -> ParityReport:
     label = "fp32" if dtype == torch.float32 else "bf16w"        # bf16w: widened to float32 for ORT
     bound = graph_bound(graph, Precision.FP32) if dtype == torch.float32 else BF16_WIDENED
+    if quantized is not None:                                    # int8/int4 weights: the quantization's own bound
+        label, bound = f"{Precision(quantized).value}/{label}", spot_bound(quantized)
     for name in ref:
         m = compare(ref[name], got[name])
         report.add(ParityRow(1, graph, label, case, name, m, bound, bound.violations(m)))
@@ -173,8 +176,10 @@ def extract_layer(model: onnx.ModelProto, k: int, hidden: int) -> tuple[onnx.Mod
     return sub, x_in, x_out
 
 
-def layer_check(path, model: onnx.ModelProto, sources: WeightSources, cfg: NextStepConfig, k: int) -> ParityReport:
-    """Decoder layer k of the backbone graph against a torch DecoderLayer loaded with layer k's weights."""
+def layer_check(path, model: onnx.ModelProto, sources: WeightSources, cfg: NextStepConfig, k: int,
+                quantized: Precision | None = None) -> ParityReport:
+    """Decoder layer k of the backbone graph against a torch DecoderLayer loaded with layer k's weights (the
+    checkpoint's; for a ``quantized`` graph its own bound applies)."""
     from nextstep_trt.ref.backbone import DecoderLayer, attention_allowed, rope_cos_sin
 
     from .components import backbone_feeds
@@ -195,7 +200,7 @@ def layer_check(path, model: onnx.ModelProto, sources: WeightSources, cfg: NextS
     got = run_graph(sub, path.parent, feeds | {x_in: x}, [x_out, f"new_key.{k}", f"new_value.{k}"])
     names = ["hidden", f"new_key.{k}", f"new_value.{k}"]
     return _rows(ParityReport(), "backbone", dtype, f"layer {k} rows=2 seq=3 past=5",
-                 dict(zip(names, ref)), dict(zip(names, got)))
+                 dict(zip(names, ref)), dict(zip(names, got)), quantized)
 
 
 def head_check(path, model: onnx.ModelProto, sources: WeightSources, cfg: NextStepConfig) -> ParityReport:

@@ -31,6 +31,7 @@ class QuantizeOptions:
     block_size: int = 128                      # int4/int8: weights per scale along the input dimension
     method: Method = Method.RTN                # int4/int8: rtn, or awq (clip ratios searched on the calibration)
     accuracy_level: int | None = None          # int4/int8 ONNX Runtime graph; None: from the CPU (cpu_accuracy_level)
+    low_memory: bool = False                   # int4/int8: the backbone streamed from the shards (weightonly_lowmem)
 
     def __post_init__(self):
         if self.block_size not in BLOCK_SIZES:       # refused before the model loads

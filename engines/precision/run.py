@@ -10,7 +10,7 @@ import onnx
 from nextstep_trt.core.errors import CheckFailed, UserError
 from nextstep_trt.core.precision import Precision
 from nextstep_trt.core.report import ParityReport
-from nextstep_trt.export.exporter import dedupe_initializers
+from nextstep_trt.export.initializers import dedupe_initializers
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.export.scratch import artifacts_lock
 from nextstep_trt.ref.checkpoint import ModelBundle, load_model

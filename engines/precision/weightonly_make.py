@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import onnx
@@ -10,6 +11,7 @@ from onnx import numpy_helper
 
 from nextstep_trt.core.errors import CheckFailed
 from nextstep_trt.core.precision import Precision
+from nextstep_trt.export.initializers import dedupe_initializers
 
 from .autocast import cast_summary, mixed_precision
 from .awq import GramCollector, search_clips
@@ -37,79 +39,89 @@ def make_pair(model: onnx.ModelProto, source: Path, sites: list[Site], kept: lis
     quantized = quantize_sites(model, sites, cfg, clips)
     ort_model = nbits_graph(model, sites, quantized, cfg.accuracy_level)
     low = mixed_precision(source, Precision.BF16, keep_fp32(model))        # the bf16 graph's AutoCast policy
+    dropped = dedupe_initializers(low)      # AutoCast copies the kept weights once per use (every sampler step)
     trt_model = dq_graph(low, sites, quantized)
-    recipe = {"tool": "nextstep-trt weight-only pass (numpy, onnx)", "bits": cfg.bits, "block_size": cfg.block,
-              "method": cfg.method.value, "symmetric": True,
-              "scale": f"block max|w|{' x clip ratio (awq search)' if clips else ''} / {2 ** (cfg.bits - 1) - 1}, "
-                       f"rounded up to {scale_bits(cfg.bits)} significant bits (every q*s a bfloat16 value)",
-              "quantized": [site_record(s, quantized[s.weight]) for s in sites], "kept_high_precision": kept,
-              "weight_bytes": weight_bytes(quantized),
-              "not_linear": "attention MatMuls (no weights) and embeddings (Gather) stay as they are"}
+    recipe = base_recipe(cfg, [site_record(s, quantized[s.weight]) for s in sites], kept, bool(clips))
+    recipe["deduplicated_initializers"] = dropped
     if awq is not None:
         recipe["awq"] = {"clip_ratios": "1.00..0.50 step 0.05, per block and column", "weights": awq,
                          "samples": grams.samples}
     return ort_model, trt_model, recipe, quantized
 
 
-def weight_bytes(quantized: dict[str, Quantized]) -> dict:
-    """Bytes of the quantized weights as stored (codes + one 2-byte scale per block) against fp32 and bf16."""
-    n = sum(q.q.size for q in quantized.values())
-    bits = next(iter(quantized.values())).bits if quantized else 0
-    scales = sum(q.scale.size for q in quantized.values())
+def base_recipe(cfg: WeightOnlyConfig, records: list[dict], kept: list[dict], clipped: bool) -> dict:
+    """What the manifest records of how the weights were quantized (both paths)."""
+    return {"tool": "nextstep-trt weight-only pass (numpy, onnx)", "bits": cfg.bits, "block_size": cfg.block,
+            "method": cfg.method.value, "symmetric": True,
+            "scale": f"block max|w|{' x clip ratio (awq search)' if clipped else ''} / {2 ** (cfg.bits - 1) - 1}, "
+                     f"rounded up to {scale_bits(cfg.bits)} significant bits (every q*s a bfloat16 value)",
+            "quantized": records, "kept_high_precision": kept, "weight_bytes": weight_bytes(records, cfg.bits, cfg.block),
+            "not_linear": "attention MatMuls (no weights) and embeddings (Gather) stay as they are"}
+
+
+def weight_bytes(records: list[dict], bits: int, block: int) -> dict:
+    """Bytes of the quantized weights as stored (codes + one 2-byte scale per block) against fp32 and bf16, from the
+    site records (``site_record``)."""
+    n = sum(r["K"] * r["N"] for r in records)
+    scales = sum(r["K"] // block * r["N"] for r in records)
     return {"weights": n, "packed": n * bits // 8 + 2 * scales, "fp32": 4 * n, "bf16": 2 * n}
 
 
 def deployments(graph: str, precision: Precision, cfg: WeightOnlyConfig, accuracy_reason: str,
-                trt_model: onnx.ModelProto) -> dict:
+                trt_model: onnx.ModelProto, activations: str = "bf16 (AutoCast policy of the bf16 graph)") -> dict:
     """The manifest's record of the two files (hashes are in the entry's ``hashes``)."""
     p = Precision(precision).value
     opset = next(o.version for o in trt_model.opset_import if o.domain in ("", "ai.onnx"))
     return {"onnxruntime": {"file": f"{p}/{graph}.onnx", "op": f"{MS_DOMAIN}.MatMulNBits", "activations": "fp32",
                             "accuracy_level": cfg.accuracy_level, "accuracy_level_reason": accuracy_reason},
             "tensorrt": {"file": f"{p}/{graph}.trt.onnx", "op": "DequantizeLinear(block_size) -> MatMul/Gemm",
-                         "activations": "bf16 (AutoCast policy of the bf16 graph)", "scales": "bf16",
+                         "activations": activations, "scales": "bf16",
                          "opset": opset, **cast_summary(trt_model, Precision.BF16)}}
 
 
-def read_nbits(model: onnx.ModelProto) -> dict[str, Quantized]:
-    """{node: codes and scales} of every MatMulNBits node, decoded from the graph's bytes."""
+def _array(t: onnx.TensorProto, base_dir: Path | None) -> np.ndarray:
+    return numpy_helper.to_array(t, str(base_dir) if base_dir else "")
+
+
+def read_nbits(model: onnx.ModelProto, base_dir: Path | None = None,
+               only: str | None = None) -> Iterator[tuple[str, Quantized]]:
+    """(node, codes and scales) of every MatMulNBits node (or just ``only``), decoded from the graph's bytes, one at
+    a time (external data read from ``base_dir``)."""
     inits = {i.name: i for i in model.graph.initializer}
-    out = {}
     for n in model.graph.node:
-        if n.op_type == "MatMulNBits":
+        if n.op_type == "MatMulNBits" and only in (None, n.name):
             a = {x.name: x.i for x in n.attribute}
-            out[n.name] = from_nbits(numpy_helper.to_array(inits[n.input[1]]), numpy_helper.to_array(inits[n.input[2]]),
+            yield n.name, from_nbits(_array(inits[n.input[1]], base_dir), _array(inits[n.input[2]], base_dir),
                                      a["bits"], a["block_size"], a["K"])
-    return out
 
 
-def read_dq(model: onnx.ModelProto, bits: int) -> dict[str, Quantized]:
-    """{consuming node: codes and scales} of every weight DequantizeLinear, decoded from the graph's bytes."""
+def read_dq(model: onnx.ModelProto, bits: int, base_dir: Path | None = None,
+            only: str | None = None) -> Iterator[tuple[str, Quantized]]:
+    """(consuming node, codes and scales) of every weight DequantizeLinear (or the one feeding ``only``), decoded
+    from the graph's bytes, one at a time."""
     inits = {i.name: i for i in model.graph.initializer}
     consumer = {i: n.name for n in model.graph.node for i in n.input}
-    out = {}
     for n in model.graph.node:
-        if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and only in (None, consumer[n.output[0]]):
             a = {x.name: x.i for x in n.attribute}
-            out[consumer[n.output[0]]] = from_dq(numpy_helper.to_array(inits[n.input[0]]),
-                                                 numpy_helper.to_array(inits[n.input[1]]), bits, a["block_size"],
-                                                 transposed=a.get("axis", 1) == 1)
-    return out
+            yield consumer[n.output[0]], from_dq(_array(inits[n.input[0]], base_dir), _array(inits[n.input[1]], base_dir),
+                                                 bits, a["block_size"], transposed=a.get("axis", 1) == 1)
 
 
 def check_pair(ort_model: onnx.ModelProto, trt_model: onnx.ModelProto, sites: list[Site],
-               weights: dict[str, np.ndarray], bits: int, clipped: bool) -> dict:
-    """Both files decoded back: the same codes and scales at every site (so q*s is the same weight), codes and
-    scales valid, each weight within its rounding bound of the fp32 weight; a CheckFailed naming the first
-    problem, else a summary for the manifest."""
-    nb, dq = read_nbits(ort_model), read_dq(trt_model, bits)
+               weight_of: Callable[[Site], np.ndarray | None], bits: int, clipped: bool,
+               base_dir: Path | None = None) -> dict:
+    """Both files decoded back, site by site: the same codes and scales (so q*s is the same weight), codes and
+    scales valid, each weight within its rounding bound of the fp32 weight ``weight_of(site)`` [K,N]; a
+    CheckFailed naming the first problem, else a summary for the manifest."""
     for s in sites:
-        a, b = nb.get(s.node), dq.get(s.node)
+        a = next(read_nbits(ort_model, base_dir, s.node), (None, None))[1]
+        b = next(read_dq(trt_model, bits, base_dir, s.node), (None, None))[1]
         if a is None or b is None:
             raise CheckFailed(f"{s.node}: missing from the {'ONNX Runtime' if a is None else 'TensorRT'} graph")
         if not (np.array_equal(a.q, b.q) and np.array_equal(a.scale, b.scale)):
             raise CheckFailed(f"{s.node}: the two deployments hold different codes or scales")
-        found = problems(a, weights.get(s.weight), clip=clipped)
+        found = problems(a, weight_of(s), clip=clipped)
         if found:
             raise CheckFailed(f"{s.node} ({', '.join(s.params)}): {found[0]}")
     return {"sites": len(sites), "same_codes_and_scales": True, "codes_in_range": True,

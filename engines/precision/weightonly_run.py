@@ -34,7 +34,8 @@ def quantize_weight_only(opts: QuantizeOptions, bundle: ModelBundle, manifest: M
     cfg, reason = weight_only_config(opts)
     log(f"{opts.precision.value}: block {cfg.block}, {cfg.method.value}, ONNX Runtime accuracy level "
         f"{cfg.accuracy_level} ({reason})")
-    params = {k: v.detach().float().numpy() for k, v in bundle.model.state_dict().items()}
+    params = {k: v.detach().float().numpy() for k, v in bundle.model.state_dict().items()
+              if v.device.type != "meta"}         # --low-memory: only the head's weights are loaded
     models = {g: onnx.load(manifest.path(g)) for g in names}
     exclude = list(opts.exclude) if opts.exclude is not None else WEIGHT_ONLY_EXCLUDE
     chosen = {g: choose_sites(models[g], params, exclude, cfg.block) for g in names}
@@ -54,8 +55,8 @@ def quantize_weight_only(opts: QuantizeOptions, bundle: ModelBundle, manifest: M
         weights = {s.weight: matmul_weight(models[g], s) for s in sites}
         extra = {"recipe": recipe, "deployments": deployments(g, opts.precision, cfg, reason, trt_model)}
         try:
-            extra["deployments"]["check"] = check_pair(ort_model, trt_model, sites, weights, cfg.bits,
-                                                       cfg.method is Method.AWQ)
+            extra["deployments"]["check"] = check_pair(ort_model, trt_model, sites, lambda s: weights[s.weight],
+                                                       cfg.bits, cfg.method is Method.AWQ)
             report = install_pair(bundle, manifest, g, ort_model, trt_model, extra, opts, time.perf_counter() - start)
         except CheckFailed as err:            # the next graphs are still made; the command exits 1 at the end
             log(f"{g} [{opts.precision.value}]: NOT installed: {err}")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 HELP = {"quantize": "make fp16/bf16 (ModelOpt AutoCast), fp8 (E4M3 Q/DQ) or weight-only int8/int4 graphs from the "
                     "fp32 graphs"}
-WEIGHT_ONLY_FLAGS = ("block_size", "method", "accuracy_level", "sensitivity")
+WEIGHT_ONLY_FLAGS = ("block_size", "method", "accuracy_level", "sensitivity", "low_memory")
 
 
 def add_arguments(name: str, p) -> None:
@@ -31,6 +31,10 @@ def add_arguments(name: str, p) -> None:
     p.add_argument("--accuracy-level", type=int, choices=range(5), default=None,
                    help="int8/int4 ONNX Runtime graph: MatMulNBits accuracy_level; 4 = int8 activations and integer "
                         "dot products (default: 4 when /proc/cpuinfo shows an int8 dot-product path, else 1)")
+    p.add_argument("--low-memory", action="store_true",
+                   help="int8/int4: quantize the backbone straight from the checkpoint's shards, one linear at a time "
+                        "(a model too big for memory; the head graphs need their fp32 export), checked tensor by "
+                        "tensor and by one decoder layer; rtn only")
     p.add_argument("--sensitivity", action="store_true",
                    help="int8/int4: install nothing; quantize one layer type at a time and print the level-1 error "
                         "each one causes (to choose --exclude); JSON into ART/<precision>/sensitivity.json")
@@ -47,6 +51,9 @@ def _check_flags(args, precision) -> None:
     given = [f for f in WEIGHT_ONLY_FLAGS if getattr(args, f) not in (None, False)]
     if given and not precision.weight_only:
         raise UserError(f"--{given[0].replace('_', '-')} applies to --precision int8 or int4 only")
+    if args.low_memory and (args.sensitivity or args.method == "awq"):
+        raise UserError(f"--low-memory does not go with {'--sensitivity' if args.sensitivity else '--method awq'}: "
+                        "both run the reference model in memory")
 
 
 def options(args):
@@ -60,7 +67,7 @@ def options(args):
     graphs = tuple(g.strip() for g in args.graphs.split(",") if g.strip()) if args.graphs else None
     return QuantizeOptions(Path(args.model), Path(args.artifacts), precision, graphs,
                            Path(args.calib) if args.calib else None, args.exclude, args.validate,
-                           args.block_size or 128, Method(args.method or "rtn"), args.accuracy_level)
+                           args.block_size or 128, Method(args.method or "rtn"), args.accuracy_level, args.low_memory)
 
 
 def run(args) -> int:
@@ -81,6 +88,11 @@ def run(args) -> int:
         return 0
     from nextstep_trt.engines.precision.run import overflow_reports, quantize_all
 
+    if opts.low_memory:
+        from nextstep_trt.engines.precision.weightonly_lowmem import quantize_low_memory
+
+        quantize_low_memory(opts)
+        return 0
     quantize_all(opts)
     if args.overflow_report:
         reports = overflow_reports(opts)
