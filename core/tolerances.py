@@ -13,9 +13,11 @@ FP32_GRAPH = Bound(rel_l2=1e-6, max_abs=1e-5)
 # The VAE stacks ~22 convolutions; each adds ~1e-7 relative fp32 rounding, so torch's own fp32 output is already
 # 1.1-1.8e-6 rel-L2 from a float64 run (tiny VAE, measured; tests/export/test_fp32_noise_floor.py re-measures it).
 # Two correct fp32 implementations therefore differ by up to ~2.2e-6: 1e-6 is below fp32's noise floor here.
-# Max abs: tiny VAE <= 6e-6; the Large VAE (ch 128, random weights) reached 1.01e-5 at 256x256 (scale run), so
-# the generic 1e-5 would refuse a correct Large export; 2e-5 keeps the same noise-floor reasoning.
-FP32_VAE = Bound(rel_l2=4e-6, max_abs=2e-5)
+# The floor depends on the CPU's kernels: on an AMD EPYC (AVX2, no AVX-512) torch's fp32 bench-preset decoder is
+# 4.3-4.4e-6 from float64 at 256x256 while ONNX Runtime's is 1.9-2.0e-6 (ORT vs torch 4.7-4.8e-6, max abs
+# 1.2-1.7e-5; three seeds), so the old 4e-6 refused a correct export there; 1e-5 keeps ~1.5x over that pair.
+# Max abs: tiny VAE <= 6e-6; the Large VAE (ch 128, random weights) reached 1.01e-5 at 256x256 (scale run).
+FP32_VAE = Bound(rel_l2=1e-5, max_abs=4e-5)
 # A bf16 graph widened to float32 so ONNX Runtime can run it (export/spotcheck.py): weights and wiring are exact,
 # but scalar constants the exporter typed bf16 stay rounded (an attention scale 128**-0.5 is off by 1.1e-4).
 # Measured (worst rel-L2): Large layer 24 hidden state 1.2e-5, Large VAE decoder 4.7e-6, bench VAE decoder 8.8e-6;
