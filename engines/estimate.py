@@ -27,6 +27,8 @@ SPOT_LAYER_FACTOR = 1.0          # layer spot check, x one layer's fp32 weights 
 SMALL_GRAPH_FACTOR = 10          # ordinary trace + folding + check of a head/VAE graph, x its weights (Large bf16:
                                  # head_sampler 3.55 GB, head_step 2.83 GB for 0.31 GB; fp32 head_step 5.06 GB)
 CONVERT_FACTOR = 3               # AutoCast / Q-DQ conversion: onnx.load of the fp32 graph + the converted copy
+QUANT_LINEAR_FACTOR = 3          # quantize --low-memory: x the largest linear's fp32 weights (read, transposed,
+                                 # quantized, read back and compared one linear at a time)
 RUNTIME_IO_BYTES = 4             # KV cache and activations cross the graph boundary in float32 (the spec)
 
 
@@ -95,12 +97,26 @@ def estimate_steps(cfg, checkpoint_dtype: str) -> list[Step]:
         steps.append(Step(f"TensorRT build: backbone {d}", max(BUILD_PEAK_FACTOR * w, BUILD_BASELINE), w,
                           f"{BUILD_PEAK_FACTOR}x weights, at least {size_text(BUILD_BASELINE)}, toolchain notes; "
                           "the plan is about the weights' size"))
+    steps += _weight_only_steps(cfg, p)
     kv = kv_cache_bytes(cfg)
     for d in ("bf16", "fp8", "int8", "int4"):
         w = sum(graph_bytes(cfg, gpu_format(d)).values())
         steps.append(Step(f"runtime {d} (weights + KV cache {size_text(kv)})", w + kv, 0,
                           "device memory on a GPU; host memory for ONNX Runtime on the CPU"))
     return steps
+
+
+def _weight_only_steps(cfg, p: dict[str, int]) -> list[Step]:
+    """quantize --precision int8/int4 --low-memory of the backbone: two meta-device traces and one linear at a time
+    in memory; on disk both deployments (codes + a scale per 32 weights each) and the kept weights in fp32 and bf16."""
+    bb = cfg.backbone
+    linears = p["layer"] * bb.num_layers
+    kept = p["backbone"] - linears
+    largest = 2 * bb.hidden_size * bb.intermediate_size * 4                       # the fused gate/up in fp32
+    ram = BASE_RSS + 2 * bb.num_layers * TRACE_PER_LAYER + QUANT_LINEAR_FACTOR * largest
+    return [Step(f"quantize --precision {name} --low-memory: backbone", ram,
+                 2 * (linears * bits / 8 + linears / 32 * 4) + kept * (4 + 2),
+                 "streamed from the shards; both deployments, block 32") for name, bits in (("int8", 8), ("int4", 4))]
 
 
 EDGE_PROFILE = {"max_batch": 1, "edit": False}      # export --max-batch 1 --no-edit: the smallest KV cache

@@ -45,7 +45,9 @@ class HeadStepGraph(nn.Module):
 class HeadSamplerGraph(nn.Module):
     """All N sampler steps with the CFG combine (and token norm) in one call; noise is an input.
 
-    The condition embedding is computed once per call; the time embeddings of the fixed grid are constants.
+    The condition embedding is computed once per call; the time embeddings of the fixed grid are constants; the
+    adaLN modulations depend on time and condition only, so each layer's are one GEMM over all N steps (M = N*R*B
+    rows, its weights read once per token) instead of N GEMMs of R*B rows inside the loop.
     """
 
     def __init__(self, head: FlowMatchingHead, sampler: SamplerConfig, guidance: Guidance):
@@ -58,9 +60,11 @@ class HeadSamplerGraph(nn.Module):
 
     def forward(self, cond, noise, cfg=None, cfg_img=None):
         y_cond = self.net.cond_embed(cond)                                            # [R*B,dim]
+        y = self.time_embeddings[:, None] + y_cond[None]                              # [N,R*B,dim]
+        mods = self.net.modulations(y)                  # every step's adaLN at once: per layer [N,R*B,3*dim|2*dim]
 
         def velocity(x: torch.Tensor, k: int) -> torch.Tensor:
-            return self.net.velocity(x, self.time_embeddings[k][None] + y_cond)
+            return self.net.velocity_modulated(x, [m[k] for m in mods])
 
         return run_sampler(velocity, noise, self.sampler, self.guidance, cfg, cfg_img, norm=token_norm)
 

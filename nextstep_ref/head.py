@@ -1,7 +1,8 @@
 """The flow-matching head: SimpleMLPAdaLN predicting a velocity for one 64-d image token.
 
-The embedding of the condition and of the time are exposed separately, so a fused sampler can compute the
-condition embedding once per token and take the time embeddings of its fixed grid as constants.
+The embedding of the condition and of the time, and the adaLN modulations they feed, are exposed separately, so a
+fused sampler can compute the condition embedding once per token, take the time embeddings of its fixed grid as
+constants, and compute every step's modulations in one batch before its first step.
 """
 from __future__ import annotations
 
@@ -46,7 +47,11 @@ class ResBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * dim))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
+        return self.modulated(x, self.adaLN_modulation(y))
+
+    def modulated(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """The block given its adaLN output ``mod`` [B,3*dim] (shift, scale, gate)."""
+        shift, scale, gate = mod.chunk(3, dim=-1)
         return x + gate * self.mlp(modulate(self.in_ln(x), shift, scale))
 
 
@@ -58,7 +63,11 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)
+        return self.modulated(x, self.adaLN_modulation(y))
+
+    def modulated(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """The layer given its adaLN output ``mod`` [B,2*dim] (shift, scale)."""
+        shift, scale = mod.chunk(2, dim=-1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
@@ -73,10 +82,19 @@ class SimpleMLPAdaLN(nn.Module):
 
     def velocity(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x [B,token_dim], y [B,dim] (= time embedding + condition embedding) -> v [B,token_dim]."""
+        return self.velocity_modulated(x, self.modulations(y))
+
+    def modulations(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """Each res block's adaLN output [...,3*dim], then the final layer's [...,2*dim]. They depend on y alone
+        (time and condition, not x), so a fused sampler computes them for its whole time grid in one batch."""
+        return [b.adaLN_modulation(y) for b in self.res_blocks] + [self.final_layer.adaLN_modulation(y)]
+
+    def velocity_modulated(self, x: torch.Tensor, mods: list[torch.Tensor]) -> torch.Tensor:
+        """x [B,token_dim] and the ``modulations`` of its y -> v [B,token_dim]."""
         h = self.input_proj(x)
-        for block in self.res_blocks:
-            h = block(h, y)
-        return self.final_layer(h, y)
+        for block, mod in zip(self.res_blocks, mods):
+            h = block.modulated(h, mod)
+        return self.final_layer.modulated(h, mods[-1])
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """x [B,token_dim], t [B], c [B,cond_dim] -> v [B,token_dim]."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from nextstep_trt.core.precision import Precision
+from nextstep_trt.export.filecheck import graph_files
 from nextstep_trt.export.manifest import Manifest
 
 
@@ -27,8 +28,7 @@ def main(art: Path) -> None:
         firsts.append(verify_all(art))
         laters.append(min(verify_all(art) for _ in range(5)))
     manifest = Manifest.load(art)
-    size = sum(p.stat().st_size for g in manifest.graphs for p in [manifest.path(g)] + list(
-        manifest.path(g).parent.glob(manifest.path(g).name + ".data")))
+    size = sum(p.stat().st_size for g in manifest.graphs for p in graph_files(manifest.path(g)))
     start = time.perf_counter()
     for g in manifest.graphs:
         ort.InferenceSession(str(manifest.path(g)), providers=["CPUExecutionProvider"])

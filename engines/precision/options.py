@@ -4,9 +4,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
-from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.errors import CheckFailed, UserError
 from nextstep_trt.core.precision import Precision
 from nextstep_trt.export.manifest import Manifest
 
@@ -60,3 +60,18 @@ def validation_text(summary: dict) -> str:
     text = (f"level 1 over {summary['cases']} cases: worst rel-L2 {summary['worst_rel_l2']:.2e}, "
             f"lowest cos {summary['lowest_cosine']:.6f}")
     return text + (f", lowest mean cos {min(means.values()):.6f}" if means else "")
+
+
+def install_each(names: list[str], precision: Precision, install: Callable[[str], str], log=print) -> None:
+    """``install(graph)`` for every graph, logging the line it returns; a graph that fails its checks is logged as
+    not installed and the next one is still made; then one CheckFailed names the first failure (exit 1)."""
+    failed = []
+    for g in names:
+        try:
+            log(install(g))
+        except CheckFailed as err:
+            log(f"{g} [{precision.value}]: NOT installed: {err}")
+            failed.append(str(err))
+    if failed:
+        raise CheckFailed(f"{len(failed)} of {len(names)} {precision.value} graphs failed validation and were not "
+                          f"installed; first: {failed[0]}")

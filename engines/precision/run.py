@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-from nextstep_trt.core.errors import CheckFailed, UserError
+from nextstep_trt.core.errors import UserError
 from nextstep_trt.core.precision import Precision
 from nextstep_trt.core.report import ParityReport
 from nextstep_trt.export.initializers import dedupe_initializers
@@ -20,7 +20,7 @@ from .calibrate import DEFAULT_PROMPTS, read_prompts
 from .fp8 import E4M3_MAX, FP8_EXCLUDE, FP8_GRAPHS, choose_linears, insert_qdq
 from .keep import keep_fp32
 from .overflow import OverflowProbe, OverflowReport
-from .options import QuantizeOptions, calibrate, validation_text
+from .options import QuantizeOptions, calibrate, install_each, validation_text
 from .ranges import RangeCollector, Runner
 from .weightonly_run import quantize_weight_only
 
@@ -107,24 +107,19 @@ def _quantize_locked(opts: QuantizeOptions, bundle: ModelBundle | None, log) -> 
             tensors = sorted({c.activation for c in choices[g] if c.reason is None}) if choices else None
             ranges[g] = RangeCollector(models[g], tensors)
         calibration = calibrate(bundle, manifest, prompts, {g: [c] for g, c in ranges.items()}, log)
-    records, failed = {}, []
-    for g in names:
+    records = {}
+
+    def install(g: str) -> str:
         start = time.perf_counter()
         model, recipe = _make(models[g], opts, ranges.get(g), choices.get(g), manifest.path(g))
         if calibration is not None:
             recipe["calibration"] = calibration | {"samples": ranges[g].samples, "method": "max |x| (fp32 graph)"}
-        try:
-            report = _install(bundle, manifest, g, model, recipe, opts, time.perf_counter() - start)
-        except CheckFailed as err:            # the next graphs are still made; the command exits 1 at the end
-            log(f"{g} [{opts.precision.value}]: NOT installed: {err}")
-            failed.append(str(err))
-            continue
+        report = _install(bundle, manifest, g, model, recipe, opts, time.perf_counter() - start)
         records[g] = manifest.entry(g, opts.precision)
-        log(f"{g} [{opts.precision.value}]: {records[g]['bytes'] / 2**20:.2f} MiB, {_kept_text(recipe)}"
-            + (f", {validation_text(records[g]['validation'])}" if report.rows else ""))
-    if failed:
-        raise CheckFailed(f"{len(failed)} of {len(names)} {opts.precision.value} graphs failed validation and were "
-                          f"not installed; first: {failed[0]}")
+        return (f"{g} [{opts.precision.value}]: {records[g]['bytes'] / 2**20:.2f} MiB, {_kept_text(recipe)}"
+                + (f", {validation_text(records[g]['validation'])}" if report.rows else ""))
+
+    install_each(names, opts.precision, install, log)
     return records
 
 

@@ -55,7 +55,8 @@ def base_recipe(cfg: WeightOnlyConfig, records: list[dict], kept: list[dict], cl
             "method": cfg.method.value, "symmetric": True,
             "scale": f"block max|w|{' x clip ratio (awq search)' if clipped else ''} / {2 ** (cfg.bits - 1) - 1}, "
                      f"rounded up to {scale_bits(cfg.bits)} significant bits (every q*s a bfloat16 value)",
-            "quantized": records, "kept_high_precision": kept, "weight_bytes": weight_bytes(records, cfg.bits, cfg.block),
+            "quantized": records, "kept_high_precision": kept,
+            "weight_bytes": weight_bytes(records, cfg.bits, cfg.block),
             "not_linear": "attention MatMuls (no weights) and embeddings (Gather) stay as they are"}
 
 
@@ -104,8 +105,8 @@ def read_dq(model: onnx.ModelProto, bits: int, base_dir: Path | None = None,
     for n in model.graph.node:
         if n.op_type == "DequantizeLinear" and n.input[0] in inits and only in (None, consumer[n.output[0]]):
             a = {x.name: x.i for x in n.attribute}
-            yield consumer[n.output[0]], from_dq(_array(inits[n.input[0]], base_dir), _array(inits[n.input[1]], base_dir),
-                                                 bits, a["block_size"], transposed=a.get("axis", 1) == 1)
+            q, scale = _array(inits[n.input[0]], base_dir), _array(inits[n.input[1]], base_dir)
+            yield consumer[n.output[0]], from_dq(q, scale, bits, a["block_size"], transposed=a.get("axis", 1) == 1)
 
 
 def check_pair(ort_model: onnx.ModelProto, trt_model: onnx.ModelProto, sites: list[Site],

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import onnx
 
-from nextstep_trt.core.errors import CheckFailed
 from nextstep_trt.core.precision import Precision
 from nextstep_trt.core.report import ParityReport
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.ref.checkpoint import ModelBundle
 
 from .awq import GramCollector
-from .options import QuantizeOptions, calibrate, validation_text
+from .options import QuantizeOptions, calibrate, install_each, validation_text
 from .ranges import Runner
 from .weightonly import (TENSORRT_SUFFIX, WEIGHT_ONLY, WEIGHT_ONLY_EXCLUDE, Method, WeightOnlyConfig, choose_sites,
                          cpu_accuracy_level, matmul_weight)
@@ -43,8 +42,9 @@ def quantize_weight_only(opts: QuantizeOptions, bundle: ModelBundle, manifest: M
     if cfg.method is Method.AWQ:
         grams = {g: GramCollector(models[g], chosen[g][0], cfg.block) for g in names if chosen[g][0]}
         calibration = calibrate(bundle, manifest, prompts, {g: [c] for g, c in grams.items()}, log)
-    records, failed = {}, []
-    for g in names:
+    records = {}
+
+    def install(g: str) -> str:
         start = time.perf_counter()
         sites, kept = chosen[g]
         ort_model, trt_model, recipe, _ = make_pair(models[g], manifest.path(g), sites, kept, cfg, grams.get(g))
@@ -54,21 +54,15 @@ def quantize_weight_only(opts: QuantizeOptions, bundle: ModelBundle, manifest: M
                                                    "method": "block Gram matrices of each linear's activations"}
         weights = {s.weight: matmul_weight(models[g], s) for s in sites}
         extra = {"recipe": recipe, "deployments": deployments(g, opts.precision, cfg, reason, trt_model)}
-        try:
-            extra["deployments"]["check"] = check_pair(ort_model, trt_model, sites, lambda s: weights[s.weight],
-                                                       cfg.bits, cfg.method is Method.AWQ)
-            report = install_pair(bundle, manifest, g, ort_model, trt_model, extra, opts, time.perf_counter() - start)
-        except CheckFailed as err:            # the next graphs are still made; the command exits 1 at the end
-            log(f"{g} [{opts.precision.value}]: NOT installed: {err}")
-            failed.append(str(err))
-            continue
+        extra["deployments"]["check"] = check_pair(ort_model, trt_model, sites, lambda s: weights[s.weight],
+                                                   cfg.bits, cfg.method is Method.AWQ)
+        report = install_pair(bundle, manifest, g, ort_model, trt_model, extra, opts, time.perf_counter() - start)
         records[g] = manifest.entry(g, opts.precision)
-        log(f"{g} [{opts.precision.value}]: {records[g]['bytes'] / 2**20:.2f} MiB (both files), "
-            f"{len(sites)} linear nodes int{cfg.bits}, {len(kept)} kept"
-            + (f", {validation_text(records[g]['validation'])}" if report.rows else ""))
-    if failed:
-        raise CheckFailed(f"{len(failed)} of {len(names)} {opts.precision.value} graphs failed validation and were "
-                          f"not installed; first: {failed[0]}")
+        return (f"{g} [{opts.precision.value}]: {records[g]['bytes'] / 2**20:.2f} MiB (both files), "
+                f"{len(sites)} linear nodes int{cfg.bits}, {len(kept)} kept"
+                + (f", {validation_text(records[g]['validation'])}" if report.rows else ""))
+
+    install_each(names, opts.precision, install, log)
     return records
 
 

@@ -161,8 +161,8 @@ def write_dq(model, lin: StreamLinear, site: Site, qw: Quantized, data: DataFile
                   ir.DataType.INT4 if qw.bits == 4 else ir.DataType.INT8, qw.shape)
     scale = qw.scale.astype(ml_dtypes.bfloat16)                         # [K/bs,N], exact (blockquant.ceil_bits)
     sv = data.add(model.graph, f"{site.weight}/scale_bf16", scale.tobytes(), ir.DataType.BFLOAT16, scale.shape)
-    dq = ir.node("DequantizeLinear", [qv, sv], {"axis": 0, "block_size": qw.block}, name=f"{site.node}/DequantizeLinear",
-                 metadata_props=dict(lin.matmul.metadata_props))
+    dq = ir.node("DequantizeLinear", [qv, sv], {"axis": 0, "block_size": qw.block},
+                 name=f"{site.node}/DequantizeLinear", metadata_props=dict(lin.matmul.metadata_props))
     dq.outputs[0].name, dq.outputs[0].dtype = f"{site.node}/dequantized_weight", ir.DataType.BFLOAT16
     dq.outputs[0].shape = ir.Shape(qw.shape)
     model.graph.insert_before(lin.matmul, dq)
@@ -194,7 +194,8 @@ def quantize_stream(ort_ir, trt_ir, sites: list[Site], stored: dict[str, StoredT
             write_dq(trt_ir, trt_lin[site.params], site, qw, trt_file)
             records.append(site_record(site, qw))
             if (i + 1) % 16 == 0 or i + 1 == len(sites):
-                log(f"  {GRAPH}: {i + 1}/{len(sites)} linears int{cfg.bits} ({(ort_file.bytes + trt_file.bytes) / 1e9:.2f} GB)")
+                written = (ort_file.bytes + trt_file.bytes) / 1e9
+                log(f"  {GRAPH}: {i + 1}/{len(sites)} linears int{cfg.bits} ({written:.2f} GB written)")
     finally:
         ort_file.close()
         trt_file.close()
