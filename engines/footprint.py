@@ -87,12 +87,13 @@ def decode_step_bytes(cfg: NextStepConfig, fmt: WeightFormat, rows: int, capacit
 
 
 def sampler_token_bytes(cfg: NextStepConfig, fmt: WeightFormat, steps: int, fused: bool) -> int:
-    """Head weight bytes read for one image token: once per step; the fused graph reads the condition embedding
-    once per token and takes the time embeddings as constants."""
+    """Head weight bytes read for one image token: once per step; the fused graph reads the condition embedding and
+    every adaLN modulation once per token (one batched GEMM over the steps) and takes the time embeddings as
+    constants."""
     shapes = head_shapes(cfg.head)
     total = tensor_bytes(shapes, fmt)
     if not fused:
         return int(total * steps)
-    cond = tensor_bytes(shapes, fmt, lambda k: ".cond_embed." in k)
-    per_step = total - cond - tensor_bytes(shapes, fmt, lambda k: ".time_embed." in k)
-    return int(per_step * steps + cond)
+    hoisted = tensor_bytes(shapes, fmt, lambda k: ".cond_embed." in k or ".adaLN_modulation." in k)
+    per_step = total - hoisted - tensor_bytes(shapes, fmt, lambda k: ".time_embed." in k)
+    return int(per_step * steps + hoisted)

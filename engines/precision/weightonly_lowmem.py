@@ -51,7 +51,7 @@ def quantize_low_memory(opts: QuantizeOptions, log=print) -> dict[str, dict]:
     with artifacts_lock(opts.artifacts, log):
         manifest = Manifest.load(opts.artifacts)
         manifest.check_model(cfg, opts.model_dir)
-        names = _graphs(opts, manifest)
+        names = _graphs(opts, manifest, log)
         records = {}
         if BACKBONE in names:
             records[BACKBONE] = stream_backbone(opts, manifest, cfg, sources, log)
@@ -62,7 +62,7 @@ def quantize_low_memory(opts: QuantizeOptions, log=print) -> dict[str, dict]:
         return records
 
 
-def _graphs(opts: QuantizeOptions, manifest: Manifest) -> list[str]:
+def _graphs(opts: QuantizeOptions, manifest: Manifest, log=print) -> list[str]:
     """The backbone (from the shards) and every head graph exported at fp32, or what --graphs names."""
     if opts.graphs:
         wrong = [g for g in opts.graphs if g not in WEIGHT_ONLY_GRAPHS]
@@ -72,9 +72,11 @@ def _graphs(opts: QuantizeOptions, manifest: Manifest) -> list[str]:
             if g != BACKBONE:
                 manifest.path(g)                         # the head's fp32 graph must be there
         return list(opts.graphs)
-    heads = [g for g in manifest.graphs if g != BACKBONE and g in WEIGHT_ONLY_GRAPHS
-             and "fp32" in manifest.data["graphs"][g]["precisions"]]
-    return [BACKBONE] + heads
+    heads = [g for g in manifest.graphs if g != BACKBONE and g in WEIGHT_ONLY_GRAPHS]
+    for g in heads:
+        if "fp32" not in manifest.data["graphs"][g]["precisions"]:
+            log(f"{g}: skipped, no fp32 graph to quantize (`export --low-memory --dtype fp32 --graphs {g}` makes it)")
+    return [BACKBONE] + [g for g in heads if "fp32" in manifest.data["graphs"][g]["precisions"]]
 
 
 def stream_backbone(opts: QuantizeOptions, manifest: Manifest, cfg: NextStepConfig, sources: WeightSources,

@@ -29,7 +29,7 @@ def test_decode_and_sampler_bytes_match_the_checkpoint(tiny_dir):
     kv = 2 * bb.num_layers * rows * bb.num_kv_heads * capacity * bb.head_dim
     assert decode_step_bytes(cfg, rows, capacity) == 4 * (streamed + rows * bb.hidden_size + kv)
     head = {k: n for k, n in numel.items() if k.startswith("image_head.")}
-    hoisted = sum(n for k, n in head.items() if ".cond_embed." in k)
+    hoisted = sum(n for k, n in head.items() if ".cond_embed." in k or ".adaLN_modulation." in k)
     per_step = sum(head.values()) - hoisted - sum(n for k, n in head.items() if ".time_embed." in k)
     assert sampler_token_bytes(cfg, 7, fused=False) == 4 * 7 * sum(head.values())
     assert sampler_token_bytes(cfg, 7, fused=True, weight_bytes=2) == 2 * (7 * per_step + hoisted)
