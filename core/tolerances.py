@@ -101,10 +101,13 @@ GRAPH_BOUNDS: dict[tuple[str, Precision], Bound] = {
 
 # One decoder layer cut out of a weight-only backbone that is too big to validate whole (`quantize --low-memory`'s
 # spot check, export/spotcheck.py) against the reference layer on the checkpoint's weights: hidden state, new K/V.
-# No max-abs bound: the activations' scale is the model's. MEASURING (placeholders).
+# No max-abs bound: the activations' scale is the model's. Measured worst over hidden/new_key/new_value (tiny bf16
+# checkpoint, blocks 16/32/64, ONNX Runtime and the widened TensorRT graph): int8 rel-L2 0.0048-0.0057, cosine
+# >= 0.999984; int4 rel-L2 0.070-0.079, cosine >= 0.99694; Large int4 block 32, layer 24: rel-L2 0.072, cosine
+# 0.99746. Bounds keep ~2.5x on rel-L2 and ~2.5-5x on 1 - cosine (larger blocks round coarser).
 SPOT_LAYER_BOUNDS: dict[Precision, Bound] = {
-    Precision.INT8: Bound(rel_l2=0.03, cosine=0.9995),
-    Precision.INT4: Bound(rel_l2=0.3, cosine=0.95),
+    Precision.INT8: Bound(rel_l2=0.015, cosine=0.9999),
+    Precision.INT4: Bound(rel_l2=0.2, cosine=0.985),
 }
 
 # Level 1 exceptions: (graph, precision, tensor name without its ".{layer}" suffix) -> bound for that tensor.
