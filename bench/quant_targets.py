@@ -13,7 +13,7 @@ from .results import BenchReport, Target, ratio
 
 ORT, FP32 = "onnxruntime", "fp32"
 QUANT = ("int8", "int4")
-DECODE_GOAL = {"int8": 1.7, "int4": 3.0}
+DECODE_GOAL = {"int8": 1.7, "int4": 3.0}      # decode ratios: StepTiming.speedup_over (paired by round)
 SAMPLER_GOAL = {"int8": 1.5, "int4": 1.5}
 E2E_GOAL = {"int4": 2.2}
 
@@ -27,9 +27,9 @@ def _decode(report: BenchReport, p: str) -> list[Target]:
         if ours is None or base is None:
             out.append(Target(name, None, DECODE_GOAL[p], "x", None, f"(no {p} and fp32 decode steps measured)"))
             continue
-        out.append(Target.measured(name, ratio(base.ms, ours.ms), DECODE_GOAL[p], "x",
-                                   f"({base.ms:.2f} -> {ours.ms:.2f} ms; {size_text(ours.step_bytes)}/step, "
-                                   f"{ours.gbps:.1f} GB/s)"))
+        out.append(Target.measured(name, ours.speedup_over(base), DECODE_GOAL[p], "x",
+                                   f"({base.ms:.2f} -> {ours.ms:.2f} ms, speed-up paired by round; "
+                                   f"{size_text(ours.step_bytes)}/step, {ours.gbps:.1f} GB/s)"))
     return out
 
 
@@ -60,8 +60,8 @@ def _peer(report: BenchReport) -> list[Target]:
             why = report.peer.get("why") or ("no int4 graph of ours" if ours is None else "no peer int4 build")
             out.append(Target(name, None, 1.0, "x", None, f"({why})"))
         else:
-            out.append(Target.measured(name, ratio(peer.ms, ours.ms), 1.0, "x",
-                                       f"(peer {peer.ms:.2f} ms vs ours {ours.ms:.2f} ms; peer/ours)"))
+            out.append(Target.measured(name, ours.speedup_over(peer), 1.0, "x",
+                                       f"(peer {peer.ms:.2f} ms vs ours {ours.ms:.2f} ms; peer/ours paired by round)"))
     return out
 
 

@@ -122,6 +122,12 @@ class StepTiming:
     def step_bytes(self) -> int:
         return self.weight_bytes + self.kv_bytes
 
+    def speedup_over(self, base: "StepTiming") -> float:
+        """base's time / this one's, paired round by round (both ran in every round, one after the other), then
+        the median over rounds: a drift of the machine's speed between rounds cancels out of each pair."""
+        pairs = [b / o for b, o in zip(base.round_ms, self.round_ms) if o > 0]
+        return statistics.median(pairs) if pairs else base.ms / self.ms
+
 
 @dataclass
 class StepCell:

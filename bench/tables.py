@@ -80,14 +80,15 @@ def _steps_table(cells: list[StepCell]) -> str:
             f"{'of read':>7} {'cos vs fp32':>11} {'spread':>6} {'load':>6}")
     lines = ["decode step micro-benchmark (rows = 2 CFG rows of one image, one text token at position 'past' over "
              "'past' cached slots, interleaved rounds in this process; read/step: initializers read (lookup tables "
-             "excluded) + past K/V; 'vs fp32': our fp32 step / this step)", head, "-" * len(head)]
+             "excluded) + past K/V; 'vs fp32': our fp32 step / this step, paired round by round, median over "
+             "rounds)", head, "-" * len(head)]
     for c in cells:
         base = c.get("ours", "fp32")
         st = c.stability
         load = "-" if st.load.peak is None else f"{st.load.peak:.2f}" + ("!" if st.load.over else "")
         spread = "-" if st.spread is None else f"{st.spread:.2f}"
         for t in c.timings:
-            vs = None if base is None else base.ms / t.ms
+            vs = None if base is None else t.speedup_over(base)
             cos = "-" if t.cosine is None else f"{t.cosine:.6f}"
             lines.append(f"{t.label:<12}{t.past:>6} {t.ms:>8.2f} {_times(vs):>8} {size_text(t.step_bytes):>9} "
                          f"{t.gbps:>6.1f} {_pct(t.fraction):>7} {_pct(t.read_fraction):>7} {cos:>11} {spread:>6} "
