@@ -239,15 +239,16 @@ def vae_check(graph: str, path, model: onnx.ModelProto, sources: WeightSources,
     return _rows(ParityReport(), graph, dtype, "batch=1 64x64", {out: ref}, {out: got})
 
 
-def spot_check(graph: str, path, model: onnx.ModelProto, sources: WeightSources,
-               layer: int | None = None) -> ParityReport:
-    """The graph's numeric spot check (backbone: one layer, default the middle one); empty for the samplers."""
+def spot_check(graph: str, path, model: onnx.ModelProto, sources: WeightSources, layer: int | None = None,
+               quantized: Precision | None = None) -> ParityReport:
+    """The graph's numeric spot check (backbone: one layer, default the middle one; a ``quantized`` int8/int4
+    backbone is held to its precision's bound); empty for the samplers."""
     cfg = load_config(sources.model_dir)
     if graph == "backbone":
         k = cfg.backbone.num_layers // 2 if layer is None else layer
         if not 0 <= k < cfg.backbone.num_layers:
             raise UserError(f"--layer {k} is outside 0..{cfg.backbone.num_layers - 1}")
-        return layer_check(path, model, sources, cfg, k)
+        return layer_check(path, model, sources, cfg, k, quantized)
     if graph == "head_step":
         return head_check(path, model, sources, cfg)
     if graph in ("vae_decoder", "vae_encoder"):

@@ -20,6 +20,7 @@ from nextstep_trt.core.errors import UserError
 from nextstep_trt.core.report import ParityReport
 from nextstep_trt.core.resources import require_disk, size_text
 from nextstep_trt.export.exporter import OPSET
+from nextstep_trt.export.filecheck import graph_files
 from nextstep_trt.export.install import install_graph
 from nextstep_trt.export.lint import load_model
 from nextstep_trt.export.lowmem import (BACKBONE_KEYS, TRT_PARSE_LIMIT, check_integrity, check_weights, meta_backbone,
@@ -29,7 +30,7 @@ from nextstep_trt.export.metatrace import external_proto, trace_meta
 from nextstep_trt.export.profile import graph_specs
 from nextstep_trt.export.scratch import artifacts_lock
 from nextstep_trt.export.sources import WeightSources
-from nextstep_trt.export.spotcheck import layer_check
+from nextstep_trt.export.spotcheck import spot_check
 from nextstep_trt.ref.config import NextStepConfig
 
 from .options import QuantizeOptions
@@ -72,11 +73,11 @@ def _graphs(opts: QuantizeOptions, manifest: Manifest, log=print) -> list[str]:
             if g != BACKBONE:
                 manifest.path(g)                         # the head's fp32 graph must be there
         return list(opts.graphs)
-    heads = [g for g in manifest.graphs if g != BACKBONE and g in WEIGHT_ONLY_GRAPHS]
-    for g in heads:
-        if "fp32" not in manifest.data["graphs"][g]["precisions"]:
-            log(f"{g}: skipped, no fp32 graph to quantize (`export --low-memory --dtype fp32 --graphs {g}` makes it)")
-    return [BACKBONE] + [g for g in heads if "fp32" in manifest.data["graphs"][g]["precisions"]]
+    heads = {g: "fp32" in manifest.data["graphs"][g]["precisions"] for g in manifest.graphs
+             if g != BACKBONE and g in WEIGHT_ONLY_GRAPHS}
+    for g in (g for g, fp32 in heads.items() if not fp32):
+        log(f"{g}: skipped, no fp32 graph to quantize (`export --low-memory --dtype fp32 --graphs {g}` makes it)")
+    return [BACKBONE] + [g for g, fp32 in heads.items() if fp32]
 
 
 def stream_backbone(opts: QuantizeOptions, manifest: Manifest, cfg: NextStepConfig, sources: WeightSources,
@@ -98,8 +99,8 @@ def stream_backbone(opts: QuantizeOptions, manifest: Manifest, cfg: NextStepConf
     extra: dict = {"low_memory": True}
 
     def write(scratch: Path) -> list[Path]:
-        pair = quantize_stream(ort_ir, trt_ir, sites, sources.stored, wcfg, scratch / f"{BACKBONE}.{p}.data",
-                               scratch / f"{BACKBONE}.trt.{p}.data", log)
+        records = quantize_stream(ort_ir, trt_ir, sites, sources.stored, wcfg, scratch / f"{BACKBONE}.{p}.data",
+                                  scratch / f"{BACKBONE}.trt.{p}.data", log)
         ort, _ = external_proto(ort_ir, spec, sources.stored, scratch, link=False)       # kept weights in fp32
         trt, _ = external_proto(trt_ir, spec, sources.stored, scratch, f"{BACKBONE}.trt", link=False)   # in bf16
         trt = raise_opset(trt)
@@ -107,12 +108,10 @@ def stream_backbone(opts: QuantizeOptions, manifest: Manifest, cfg: NextStepConf
         for proto, name in ((ort, f"{BACKBONE}.onnx"), (trt, trt_name)):
             extra["weights"][name] = check_weights(proto, BACKBONE, scratch, sources)
             onnx.save(proto, scratch / name)
-        extra["recipe"] = base_recipe(wcfg, pair.records, kept, False) | {"exclude": exclude, "streamed": True}
+        extra["recipe"] = base_recipe(wcfg, records, kept, False) | {"exclude": exclude, "streamed": True}
         extra["deployments"] = deployments(BACKBONE, opts.precision, wcfg, reason, trt,
                                            "bf16 (the bf16 trace: the reference's own casts)")
-        names = [f"{BACKBONE}.onnx", f"{BACKBONE}.{p}.data", f"{BACKBONE}.data", trt_name,
-                 f"{BACKBONE}.trt.{p}.data", f"{BACKBONE}.trt.data"]
-        return [scratch / n for n in names if (scratch / n).exists()]
+        return graph_files(scratch / f"{BACKBONE}.onnx") + graph_files(scratch / trt_name)
 
     def validate(path: Path) -> ParityReport:
         trt_path = path.with_name(trt_name)
@@ -125,18 +124,17 @@ def stream_backbone(opts: QuantizeOptions, manifest: Manifest, cfg: NextStepConf
         if not opts.validate:
             return ParityReport()
         report = ParityReport()
-        k = cfg.backbone.num_layers // 2
         for file, model in ((path, ort), (trt_path, trt)):
-            report.extend(layer_check(file, model, sources, cfg, k, opts.precision))
+            report.extend(spot_check(BACKBONE, file, model, sources, quantized=opts.precision))
         return report
 
     report = install_graph(spec, sizes, time.perf_counter() - start, write, validate, opts.artifacts, manifest,
                            opts.precision, extra, trt_parse=need < TRT_PARSE_LIMIT, trt_graph=trt_name)
     record = manifest.entry(BACKBONE, opts.precision)
-    worst = max((r.metrics.rel_l2 for r in report.rows if r.metrics is not None), default=None)
+    worst = max((r for r in report.rows if r.metrics is not None), key=lambda r: r.metrics.rel_l2, default=None)
     log(f"{BACKBONE} [{p}]: {size_text(record['bytes'])} (both deployments), {len(sites)} linears int{wcfg.bits}, "
         f"{len(kept)} kept, every quantized tensor checked in both files"
-        + (f", layer {cfg.backbone.num_layers // 2} spot check worst rel-L2 {worst:.3g}" if worst is not None else "")
+        + (f", spot check worst rel-L2 {worst.metrics.rel_l2:.3g} ({worst.case})" if worst is not None else "")
         + f"; {time.perf_counter() - start:.0f} s")
     return record
 

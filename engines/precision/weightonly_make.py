@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -84,29 +84,31 @@ def _array(t: onnx.TensorProto, base_dir: Path | None) -> np.ndarray:
     return numpy_helper.to_array(t, str(base_dir) if base_dir else "")
 
 
-def read_nbits(model: onnx.ModelProto, base_dir: Path | None = None,
-               only: str | None = None) -> Iterator[tuple[str, Quantized]]:
-    """(node, codes and scales) of every MatMulNBits node (or just ``only``), decoded from the graph's bytes, one at
-    a time (external data read from ``base_dir``)."""
+def read_nbits(model: onnx.ModelProto, base_dir: Path | None = None) -> dict[str, Callable[[], Quantized]]:
+    """{node: a reader of its codes and scales} for every MatMulNBits node; each reader decodes that node's bytes
+    when called (external data read from ``base_dir``), so a caller holds one weight at a time."""
     inits = {i.name: i for i in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "MatMulNBits" and only in (None, n.name):
-            a = {x.name: x.i for x in n.attribute}
-            yield n.name, from_nbits(_array(inits[n.input[1]], base_dir), _array(inits[n.input[2]], base_dir),
-                                     a["bits"], a["block_size"], a["K"])
+
+    def reader(n: onnx.NodeProto) -> Callable[[], Quantized]:
+        a = {x.name: x.i for x in n.attribute}
+        return lambda: from_nbits(_array(inits[n.input[1]], base_dir), _array(inits[n.input[2]], base_dir),
+                                  a["bits"], a["block_size"], a["K"])
+
+    return {n.name: reader(n) for n in model.graph.node if n.op_type == "MatMulNBits"}
 
 
-def read_dq(model: onnx.ModelProto, bits: int, base_dir: Path | None = None,
-            only: str | None = None) -> Iterator[tuple[str, Quantized]]:
-    """(consuming node, codes and scales) of every weight DequantizeLinear (or the one feeding ``only``), decoded
-    from the graph's bytes, one at a time."""
+def read_dq(model: onnx.ModelProto, bits: int, base_dir: Path | None = None) -> dict[str, Callable[[], Quantized]]:
+    """{consuming node: a reader of its codes and scales} for every weight DequantizeLinear, decoded when called."""
     inits = {i.name: i for i in model.graph.initializer}
     consumer = {i: n.name for n in model.graph.node for i in n.input}
-    for n in model.graph.node:
-        if n.op_type == "DequantizeLinear" and n.input[0] in inits and only in (None, consumer[n.output[0]]):
-            a = {x.name: x.i for x in n.attribute}
-            q, scale = _array(inits[n.input[0]], base_dir), _array(inits[n.input[1]], base_dir)
-            yield consumer[n.output[0]], from_dq(q, scale, bits, a["block_size"], transposed=a.get("axis", 1) == 1)
+
+    def reader(n: onnx.NodeProto) -> Callable[[], Quantized]:
+        a = {x.name: x.i for x in n.attribute}
+        return lambda: from_dq(_array(inits[n.input[0]], base_dir), _array(inits[n.input[1]], base_dir), bits,
+                               a["block_size"], transposed=a.get("axis", 1) == 1)
+
+    return {consumer[n.output[0]]: reader(n) for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits}
 
 
 def check_pair(ort_model: onnx.ModelProto, trt_model: onnx.ModelProto, sites: list[Site],
@@ -115,11 +117,11 @@ def check_pair(ort_model: onnx.ModelProto, trt_model: onnx.ModelProto, sites: li
     """Both files decoded back, site by site: the same codes and scales (so q*s is the same weight), codes and
     scales valid, each weight within its rounding bound of the fp32 weight ``weight_of(site)`` [K,N]; a
     CheckFailed naming the first problem, else a summary for the manifest."""
+    nb, dq = read_nbits(ort_model, base_dir), read_dq(trt_model, bits, base_dir)
     for s in sites:
-        a = next(read_nbits(ort_model, base_dir, s.node), (None, None))[1]
-        b = next(read_dq(trt_model, bits, base_dir, s.node), (None, None))[1]
-        if a is None or b is None:
-            raise CheckFailed(f"{s.node}: missing from the {'ONNX Runtime' if a is None else 'TensorRT'} graph")
+        if s.node not in nb or s.node not in dq:
+            raise CheckFailed(f"{s.node}: missing from the {'ONNX Runtime' if s.node not in nb else 'TensorRT'} graph")
+        a, b = nb[s.node](), dq[s.node]()
         if not (np.array_equal(a.q, b.q) and np.array_equal(a.scale, b.scale)):
             raise CheckFailed(f"{s.node}: the two deployments hold different codes or scales")
         found = problems(a, weight_of(s), clip=clipped)

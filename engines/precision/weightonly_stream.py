@@ -170,18 +170,10 @@ def write_dq(model, lin: StreamLinear, site: Site, qw: Quantized, data: DataFile
     lin.matmul.name = site.node
 
 
-@dataclass
-class StreamedPair:
-    """What ``quantize_stream`` wrote: the site records (for the recipe) and the bytes of each data file."""
-
-    records: list[dict]
-    ort_bytes: int
-    trt_bytes: int
-
-
 def quantize_stream(ort_ir, trt_ir, sites: list[Site], stored: dict[str, StoredTensor], cfg: WeightOnlyConfig,
-                    ort_data: Path, trt_data: Path, log=print) -> StreamedPair:
-    """Quantize every site from the shards, one linear at a time, into both traces (onnx_ir models, in place)."""
+                    ort_data: Path, trt_data: Path, log=print) -> list[dict]:
+    """Quantize every site from the shards, one linear at a time, into both traces (onnx_ir models, in place);
+    returns the sites' records for the recipe."""
     ort_lin, trt_lin = stream_linears(ort_ir), stream_linears(trt_ir)
     missing = [s.params for s in sites if s.params not in trt_lin]
     if missing:
@@ -200,7 +192,7 @@ def quantize_stream(ort_ir, trt_ir, sites: list[Site], stored: dict[str, StoredT
         ort_file.close()
         trt_file.close()
     ort_ir.opset_imports[MS_DOMAIN] = 1
-    return StreamedPair(records, ort_file.bytes, trt_file.bytes)
+    return records
 
 
 def raise_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
