@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from nextstep_trt.core.errors import UserError
 
+from .ort_attention import in_place_outputs, is_fused
 from .spec import GraphSpec
 
 MIN_OPSET = 17
@@ -269,6 +270,8 @@ def _against_spec(graph: onnx.GraphProto, spec: GraphSpec) -> list[Finding]:
     for kind, values, tensors in (("input", graph_inputs(graph), spec.inputs), ("output", graph.output, spec.outputs)):
         onnx_io = {vi.name: vi for vi in values}
         wanted = {t.name for t in tensors}
+        if kind == "output":               # ONNX Runtime's fused attention: the in-place cache outputs it adds
+            wanted |= in_place_outputs(list(onnx_io)).keys() if is_fused(graph) else set()
         out += [Finding("error", "io-name", t.name, f"spec {kind} is not a graph {kind}")
                 for t in tensors if t.name not in onnx_io]
         out += [Finding("error", "io-name", name, f"graph {kind} is not in the {spec.name} spec")

@@ -110,10 +110,18 @@ def ort_session(model: onnx.ModelProto, graph_dir: Path) -> Iterator:
 
 def run_graph(model: onnx.ModelProto, graph_dir: Path, feeds: dict[str, np.ndarray],
               outputs: list[str]) -> list[np.ndarray]:
-    """Outputs of ``model`` in ONNX Runtime; feeds it does not take are ignored."""
+    """Outputs of ``model`` in ONNX Runtime; feeds it does not take are ignored (a graph with ONNX Runtime's fused
+    attention runs a call that continues a cache row by row: ``run_rows``)."""
+    from .ort_attention import is_fused, run_rows
+
     with ort_session(model, graph_dir) as session:
         names = {i.name for i in session.get_inputs()}
-        return session.run(outputs, {k: v for k, v in feeds.items() if k in names})
+
+        def once(f: dict) -> dict:
+            return dict(zip(outputs, session.run(outputs, {k: v for k, v in f.items() if k in names})))
+
+        got = run_rows(once, feeds) if is_fused(model) else once(feeds)
+        return [got[o] for o in outputs]
 
 
 def _reference(module_cls, cfg, state: dict[str, torch.Tensor]) -> torch.nn.Module:

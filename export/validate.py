@@ -14,6 +14,7 @@ from nextstep_trt.export.ort_session import make_session
 from nextstep_trt.ref.checkpoint import ModelBundle
 
 from .components import COMPONENTS
+from .ort_attention import in_place_outputs, run_rows
 from .profile import DeploymentProfile
 from .spec import GraphSpec
 
@@ -21,9 +22,15 @@ Runner = Callable[[dict], dict]   # feeds -> outputs of one graph
 
 
 def ort_runner(onnx_path: Path, spec: GraphSpec) -> Runner:
-    """Run a graph file in ONNX Runtime (CPU)."""
+    """Run a graph file in ONNX Runtime (CPU); a graph with ONNX Runtime's fused attention (its in-place cache
+    outputs) runs a call that continues a cache row by row (``run_rows``)."""
     session = make_session(onnx_path)
-    return lambda feeds: dict(zip(spec.output_names, session.run(spec.output_names, feeds)))
+
+    def once(feeds: dict) -> dict:
+        return dict(zip(spec.output_names, session.run(spec.output_names, feeds)))
+
+    fused = in_place_outputs([o.name for o in session.get_outputs()])
+    return (lambda feeds: run_rows(once, feeds)) if fused else once
 
 
 def validate_graph(bundle: ModelBundle, spec: GraphSpec, run: Runner, profile: DeploymentProfile,

@@ -8,6 +8,7 @@ import numpy as np
 
 from nextstep_trt.core.precision import Precision
 from nextstep_trt.export.manifest import Manifest
+from nextstep_trt.export.ort_attention import continues_cache, in_place_outputs, run_rows
 from nextstep_trt.export.ort_session import make_session
 from nextstep_trt.ref.weights import head_shapes
 
@@ -41,6 +42,7 @@ class OrtBackend(Backend):
         self.device, self.threads, self.profile_prefix = device, threads, profile_prefix
         self._sessions: dict[str, object] = {}
         self._bindings: dict[str, object] = {}
+        self._in_place: dict[str, dict[str, str]] = {}      # graph -> {present output: past input} (fused attention)
         self._outputs: dict[tuple, np.ndarray] = {}
 
     def session(self, graph: str):
@@ -52,6 +54,7 @@ class OrtBackend(Backend):
             self._sessions[graph] = make_session(path, self.device, self.threads or self.default_threads(graph),
                                                  prefix)
             self._bindings[graph] = self._sessions[graph].io_binding()
+            self._in_place[graph] = in_place_outputs([o.name for o in self._sessions[graph].get_outputs()])
         return self._sessions[graph]
 
     def default_threads(self, graph: str) -> int:
@@ -73,6 +76,9 @@ class OrtBackend(Backend):
         spec = self.spec(graph)
         sizes = spec.check_inputs(feeds)
         session, binding = self.session(graph), self._bindings[graph]
+        cache = self._in_place[graph]
+        if cache and continues_cache(feeds):                  # the fused attention's CPU kernel: one row at a time
+            return run_rows(lambda f: dict(zip(spec.output_names, session.run(spec.output_names, f))), feeds)
         for t in spec.inputs:
             binding.bind_cpu_input(t.name, np.ascontiguousarray(feeds[t.name]))
         fixed: Feeds = {}
@@ -83,11 +89,23 @@ class OrtBackend(Backend):
                 fixed[t.name] = buf
             else:
                 binding.bind_output(t.name, "cpu")
+        for present, past in cache.items():                   # after the spec's outputs: their order is kept
+            self._bind_cache(binding, present, feeds[past], feeds["input_ids"].shape[1])
         session.run_with_iobinding(binding)
         if len(fixed) == len(spec.outputs):
             return fixed
         allocated = dict(zip(spec.output_names, binding.copy_outputs_to_cpu()))
         return {n: fixed.get(n, allocated[n]) for n in spec.output_names}
+
+    def _bind_cache(self, binding, present: str, past: np.ndarray, new_tokens: int) -> None:
+        """The fused attention's ``present`` output bound to the cache buffer fed as its past, so the kernel writes
+        the new K/V in place and reads the cache without copying it (the cache still stores the ``new_*``
+        outputs: the same values). Any other past (a caller's own array) gets an output of its own."""
+        own = self.cache is not None and any(past is b for b in self.cache.buffers.values())
+        if own and self.cache.pos + new_tokens <= self.cache.capacity:
+            binding.bind_output(present, "cpu", 0, past.dtype, list(past.shape), past.ctypes.data)
+        else:
+            binding.bind_output(present, "cpu")
 
     def backbone(self, *args) -> np.ndarray:
         return super().backbone(*args).copy()

@@ -44,8 +44,12 @@ class Runner:
     """One graph in ONNX Runtime (fp32, fp16, fp8 Q/DQ) or the ONNX reference evaluator (bf16)."""
 
     def __init__(self, model: onnx.ModelProto, precision: Precision = Precision.FP32):
+        from nextstep_trt.export.ort_attention import in_place_outputs, is_fused
+
         self.inputs = [i.name for i in model.graph.input]
-        self.outputs = [o.name for o in model.graph.output]
+        self.fused = is_fused(model)            # ORT's fused attention: its in-place cache outputs are not read
+        cache = in_place_outputs([o.name for o in model.graph.output])
+        self.outputs = [o.name for o in model.graph.output if o.name not in cache]
         if Precision(precision) is Precision.BF16:
             from nextstep_trt.runtime.onnx_reference_backend import ReferenceSession
 
@@ -54,8 +58,12 @@ class Runner:
             self.session = _ort_session(model)
 
     def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
-        outs = self.session.run(self.outputs, {n: feeds[n] for n in self.inputs})
-        return dict(zip(self.outputs, outs))
+        from nextstep_trt.export.ort_attention import run_rows
+
+        def once(f: Feeds) -> dict[str, np.ndarray]:
+            return dict(zip(self.outputs, self.session.run(self.outputs, {n: f[n] for n in self.inputs})))
+
+        return run_rows(once, feeds) if self.fused else once(feeds)
 
 
 def _ort_session(model: onnx.ModelProto):
