@@ -3,8 +3,10 @@ identical inputs at fixed cache lengths, timed in interleaved rounds in this pro
 
 Each graph gets the same random past K/V of ``past`` slots for ``rows`` cache rows (2 = the CFG rows of one
 image), the same text token at position ``past``, and one step is timed per call through IO binding with
-preallocated outputs. Ours is fed a past of exactly ``past`` slots (all valid); the peer's GroupQueryAttention graph
-runs in onnxruntime-genai's own mode, past and present sharing one buffer of ``past + 1`` slots. Rounds interleave
+preallocated outputs. Every graph reads its past from one buffer of ``past + 1`` slots per layer, the last one free
+for the new token, as in the runtime's cache: ours with ``past_mask`` marking the ``past`` valid slots (a graph with
+ONNX Runtime's fused attention gets its ``present_*`` outputs bound to that buffer, as the runtime binds them), the
+peer's GroupQueryAttention graph in onnxruntime-genai's own mode, past and present sharing the buffer. Rounds interleave
 the graphs (round r times ``steps`` calls of each graph in turn), so a load change hits every graph alike; a
 round's median is one timed repeat for the spread rule (``stability.py``).
 """
@@ -19,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from nextstep_trt.core.metrics import compare
+from nextstep_trt.export.ort_attention import in_place_outputs
 from nextstep_trt.export.spec import kv_names
 from nextstep_trt.ref.config import NextStepConfig
 
@@ -58,24 +61,32 @@ class StepGraph:
         b, rows, bb = self.session.io_binding(), ids.shape[0], self.cfg.backbone
         self._keep = []                                         # arrays the binding points into
         kv_out = (rows, bb.num_kv_heads, 1, bb.head_dim)
+        buffers = {}
+        for (i, kind), value in past.items():
+            shared = np.zeros(value.shape[:2] + (position + 1, value.shape[3]), np.float32)
+            shared[:, :, :position] = value                   # [rows,KVH,past+1,D]: the new slot is written
+            buffers[(i, kind)] = shared
+        self._keep += list(buffers.values())
         if self.source == "ours":
             feeds = {"input_ids": ids, "image_tokens": np.zeros((rows, 1, self.cfg.token_dim), np.float32),
                      "image_mask": np.zeros((rows, 1), bool), "position_ids": np.full((rows, 1), position, np.int64),
-                     "token_mask": np.ones((rows, 1), np.int64), "past_mask": np.ones((rows, position), np.int64)}
+                     "token_mask": np.ones((rows, 1), np.int64),
+                     "past_mask": (np.arange(position + 1) < position).astype(np.int64)[None].repeat(rows, 0)}
             for kind in ("key", "value"):
-                feeds |= {n: past[(i, kind)] for i, n in enumerate(kv_names(f"past_{kind}", bb.num_layers))}
+                feeds |= {n: buffers[(i, kind)] for i, n in enumerate(kv_names(f"past_{kind}", bb.num_layers))}
             outputs = {"cond": (rows, bb.hidden_size)}
             for kind in ("key", "value"):
                 outputs |= {n: kv_out for n in kv_names(f"new_{kind}", bb.num_layers)}
+            for present, name in in_place_outputs([o.name for o in self.session.get_outputs()]).items():
+                buf = feeds[name]
+                b.bind_output(present, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
         else:
             feeds = {"input_ids": ids, "attention_mask": np.ones((rows, position + 1), np.int64)}
-            for (i, kind), value in past.items():
-                shared = np.zeros(value.shape[:2] + (position + 1, value.shape[3]), np.float32)
-                shared[:, :, :position] = value                   # [rows,KVH,past+1,D]: the new slot is written
+            for (i, kind), shared in buffers.items():
                 ov = ort.OrtValue.ortvalue_from_numpy(shared)
                 b.bind_ortvalue_input(f"past_key_values.{i}.{kind}", ov)
                 b.bind_ortvalue_output(f"present.{i}.{kind}", ov)
-                self._keep += [shared, ov]
+                self._keep.append(ov)
             outputs = {"hidden_states": (rows, 1, bb.hidden_size)}
         for name, value in feeds.items():
             value = np.ascontiguousarray(value)
