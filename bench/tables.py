@@ -79,7 +79,7 @@ def _steps_table(cells: list[StepCell]) -> str:
     head = (f"{'graph':<12}{'past':>6} {'ms/step':>8} {'vs fp32':>8} {'read/step':>9} {'GB/s':>6} {'of copy':>7} "
             f"{'of read':>7} {'cos vs fp32':>11} {'spread':>6} {'load':>6}")
     lines = ["decode step micro-benchmark (rows = 2 CFG rows of one image, one text token at position 'past' over "
-             "'past' cached slots, interleaved rounds in this process; read/step: initializers read (lookup tables "
+             "'past' cached slots (a buffer of past+1, as the runtime's cache), interleaved rounds in this process; read/step: initializers read (lookup tables "
              "excluded) + past K/V; 'vs fp32': our fp32 step / this step, paired round by round, median over "
              "rounds)", head, "-" * len(head)]
     for c in cells:

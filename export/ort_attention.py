@@ -40,6 +40,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .graph_edit import GraphIndex, PatternError, drop_dead, toposort
 from .spec import kv_names
 
 MS_DOMAIN = "com.microsoft"
@@ -49,35 +50,8 @@ ROUTE = ("Unsqueeze", "Transpose", "Reshape", "MatMul", "FusedMatMul", "Mul", "A
 LINEAR_OPS = ("MatMul", "MatMulNBits", "Gemm")
 
 
-class AttentionPatternError(ValueError):
+class AttentionPatternError(PatternError):
     """The exported attention of a layer is not in the form this rewrite knows."""
-
-
-class _Index:
-    """Producers and consumers of every tensor of a graph."""
-
-    def __init__(self, graph: onnx.GraphProto):
-        self.graph = graph
-        self.producer = {o: n for n in graph.node for o in n.output if o}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in graph.node:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
-        self.inits = {i.name: i for i in graph.initializer}
-
-    def only(self, tensor: str, op: str, layer: int) -> onnx.NodeProto:
-        found = [n for n in self.consumers.get(tensor, []) if n.op_type == op]
-        if len(found) != 1:
-            raise AttentionPatternError(f"layer {layer}: expected one {op} reading {tensor}, found {len(found)}")
-        return found[0]
-
-    def const(self, name: str) -> np.ndarray | None:
-        if name in self.inits:
-            return numpy_helper.to_array(self.inits[name])
-        node = self.producer.get(name)
-        if node is not None and node.op_type == "Constant":
-            return numpy_helper.to_array(node.attribute[0].t)
-        return None
 
 
 @dataclass
@@ -91,7 +65,7 @@ class _Layer:
     meta: list               # the fused QKV Split's metadata (module scope): the new nodes belong to the layer
 
 
-def _is_linear(ix: _Index, n: onnx.NodeProto) -> bool:
+def _is_linear(ix: GraphIndex, n: onnx.NodeProto) -> bool:
     """A projection: MatMulNBits, or MatMul/Gemm of a weight (an initializer, or Transpose of one)."""
     if n.op_type not in LINEAR_OPS:
         return False
@@ -101,7 +75,7 @@ def _is_linear(ix: _Index, n: onnx.NodeProto) -> bool:
     return n.input[1] in ix.inits or (w is not None and w.op_type == "Transpose" and w.input[0] in ix.inits)
 
 
-def _downstream(ix: _Index, start: str, layer: int) -> tuple[str, str, float]:
+def _downstream(ix: GraphIndex, start: str, layer: int) -> tuple[str, str, float]:
     """From concat(past, new) keys: (tensor the output projection reads, the bias, the score scale)."""
     seen, frontier, bias, scale, attn_out = set(), [start], None, None, None
     while frontier:
@@ -127,7 +101,7 @@ def _downstream(ix: _Index, start: str, layer: int) -> tuple[str, str, float]:
     return attn_out, bias, scale
 
 
-def _source(ix: _Index, tensor: str) -> str:
+def _source(ix: GraphIndex, tensor: str) -> str:
     """Walk back through Reshape/Transpose to the linear output a head tensor was made from."""
     node = ix.producer.get(tensor)
     while node is not None and node.op_type in ("Reshape", "Transpose"):
@@ -136,7 +110,7 @@ def _source(ix: _Index, tensor: str) -> str:
     return tensor
 
 
-def _layer(ix: _Index, i: int, past_key: str, new_key: str, new_value: str) -> _Layer:
+def _layer(ix: GraphIndex, i: int, past_key: str, new_key: str, new_value: str) -> _Layer:
     concat = ix.only(past_key, "Concat", i)
     if list(concat.input) != [past_key, new_key]:
         raise AttentionPatternError(f"layer {i}: keys are not concat({past_key}, {new_key})")
@@ -171,7 +145,7 @@ class _Builder:
         return outs if len(outs) > 1 else outs[0]
 
 
-def _shared(b: _Builder, ix: _Index, bias: str, bb) -> dict[str, str]:
+def _shared(b: _Builder, ix: GraphIndex, bias: str, bb) -> dict[str, str]:
     """Per-call tensors every layer shares: rotary caches and positions, p, seqlens_k, total length, cut bias."""
     cos = [n for n in ix.graph.node if n.op_type == "Cos"]
     sin = [n for n in ix.graph.node if n.op_type == "Sin"]
@@ -192,61 +166,18 @@ def _shared(b: _Builder, ix: _Index, bias: str, bb) -> dict[str, str]:
     slots = b.op("Range", [one, b.op("Add", [c, one]), one])                         # 1..C
     p = b.op("Max", [b.op("ReduceMax", [b.op("Mul", [mask, slots])], keepdims=0), zero])   # written slots
     s = b.op("Gather", [pos_shape, ax1])                                             # [1] new tokens
-    total = b.op("Add", [b.op("Unsqueeze", [p, ax0]), s])                            # [1] p + S
+    out["start"] = b.op("Unsqueeze", [p, ax0])                                        # [1] p
+    out["end"] = total = b.op("Add", [out["start"], s])                              # [1] p + S
     out["total"] = b.op("Cast", [b.op("Squeeze", [total])], to=TensorProto.INT32)
     rows = b.op("Gather", [pos_shape, ax0])
     out["seqlens"] = b.op("Cast", [b.op("Expand", [b.op("Sub", [total, one]), rows])], to=TensorProto.INT32)
-    past = b.op("Slice", [bias, i64("start", [0]), b.op("Unsqueeze", [p, ax0]), ax3])       # [B,1,S,p]
+    past = b.op("Slice", [bias, i64("start", [0]), out["start"], ax3])                 # [B,1,S,p]
     new = b.op("Slice", [bias, b.op("Neg", [s]), i64("end", [np.iinfo(np.int64).max]), ax3])   # [B,1,S,S]
     out["bias"] = b.op("Concat", [past, new], axis=3)
     return out
 
 
-def _drop_dead(graph: onnx.GraphProto) -> None:
-    """Remove nodes none of whose outputs is read or a graph output, then unread initializers."""
-    outputs = {o.name for o in graph.output}
-    while True:
-        read = {i for n in graph.node for i in n.input} | outputs
-        keep = [n for n in graph.node if any(o in read for o in n.output if o)]
-        if len(keep) == len(graph.node):
-            break
-        del graph.node[:]
-        graph.node.extend(keep)
-    read = {i for n in graph.node for i in n.input}
-    inits = [i for i in graph.initializer if i.name in read]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
-
-
-def _toposort(graph: onnx.GraphProto) -> None:
-    """Order nodes so every input is produced before it is read (the new nodes were appended at the end); the
-    original order is kept wherever it already is one."""
-    producer = {o: k for k, n in enumerate(graph.node) for o in n.output if o}
-    placed, order = set(), []
-    for root in range(len(graph.node)):
-        stack = [root]
-        while stack:
-            k = stack[-1]
-            if k in placed:
-                stack.pop()
-                continue
-            waiting = [producer[i] for i in graph.node[k].input if i in producer and producer[i] not in placed]
-            if waiting:
-                if len(stack) > len(graph.node):
-                    raise AttentionPatternError(f"the rewritten graph has a cycle at {graph.node[k].name}")
-                stack.extend(waiting)
-                continue
-            placed.add(k)
-            order.append(graph.node[k])
-            stack.pop()
-    nodes = [onnx.NodeProto() for _ in order]
-    for new, old in zip(nodes, order):
-        new.CopyFrom(old)
-    del graph.node[:]
-    graph.node.extend(nodes)
-
-
-def _rename_output(ix: _Index, name: str) -> None:
+def _rename_output(ix: GraphIndex, name: str) -> None:
     """Give the tensor ``name`` (a graph output) another name, so a new node can produce ``name``."""
     moved = f"{name}/unfused"
     node = ix.producer[name]
@@ -259,7 +190,7 @@ def fuse_attention(model: onnx.ModelProto, bb) -> dict:
     """In place: every layer's RoPE + attention of the backbone graph (``bb`` its BackboneConfig) as
     RotaryEmbedding x2 + GroupQueryAttention, with ``present_*`` outputs for an in-place cache; the manifest's
     record of it."""
-    ix, num_layers = _Index(model.graph), bb.num_layers
+    ix, num_layers = GraphIndex(model.graph), bb.num_layers
     names = {k: kv_names(k, num_layers) for k in ("past_key", "past_value", "new_key", "new_value", *PRESENT)}
     layers = [_layer(ix, i, names["past_key"][i], names["new_key"][i], names["new_value"][i])
               for i in range(num_layers)]
@@ -268,7 +199,7 @@ def fuse_attention(model: onnx.ModelProto, bb) -> dict:
     b = _Builder()
     shared = _shared(b, ix, layers[0].bias, bb)
     rot = [shared["pos"], shared["cos"], shared["sin"]]
-    kv_shape = b.const("kv_shape", np.array([0, 0, bb.num_kv_heads, bb.head_dim], np.int64))
+    ax2 = b.const("axis2", np.array([2], np.int64))
     cache = {o.name: o for o in model.graph.input if o.name in names["past_key"] + names["past_value"]}
     for i, ly in enumerate(layers):
         q = b.op("RotaryEmbedding", [ly.q, *rot], name=f"rope_q.{i}", meta=ly.meta, interleaved=0,
@@ -282,9 +213,9 @@ def fuse_attention(model: onnx.ModelProto, bb) -> dict:
                    kv_num_heads=bb.num_kv_heads, scale=ly.scale)[0]
         for n in ix.consumers.get(ly.attn_out, []):
             n.input[:] = [out if x == ly.attn_out else x for x in n.input]
-        _rename_output(ix, names["new_key"][i])
-        b.op("Transpose", [b.op("Reshape", [k, kv_shape], meta=ly.meta)], outputs=[names["new_key"][i]],
-             name=f"new_key.{i}", meta=ly.meta, perm=[0, 2, 1, 3])
+        for new, buf in zip((names["new_key"][i], names["new_value"][i]), present):        # slots p..p+S
+            _rename_output(ix, new)
+            b.op("Slice", [buf, shared["start"], shared["end"], ax2], outputs=[new], name=new, meta=ly.meta)
         for name, past in zip(present, (names["past_key"][i], names["past_value"][i])):
             out_vi = onnx.ValueInfoProto()
             out_vi.CopyFrom(cache[past])
@@ -292,8 +223,8 @@ def fuse_attention(model: onnx.ModelProto, bb) -> dict:
             model.graph.output.append(out_vi)
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.inits)
-    _drop_dead(model.graph)
-    _toposort(model.graph)
+    drop_dead(model.graph)
+    toposort(model.graph)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return {"op": f"{MS_DOMAIN}.RotaryEmbedding + {MS_DOMAIN}.{FUSED_OP}", "layers": len(layers),

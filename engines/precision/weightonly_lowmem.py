@@ -27,7 +27,7 @@ from nextstep_trt.export.lowmem import (BACKBONE_KEYS, TRT_PARSE_LIMIT, check_in
                                         open_checkpoint, small_bundle)
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.export.metatrace import external_proto, trace_meta
-from nextstep_trt.export.ort_attention import fuse_attention
+from nextstep_trt.export.ort_fusions import fuse_for_ort
 from nextstep_trt.export.profile import graph_specs
 from nextstep_trt.export.scratch import artifacts_lock
 from nextstep_trt.export.sources import WeightSources
@@ -103,7 +103,7 @@ def stream_backbone(opts: QuantizeOptions, manifest: Manifest, cfg: NextStepConf
         records = quantize_stream(ort_ir, trt_ir, sites, sources.stored, wcfg, scratch / f"{BACKBONE}.{p}.data",
                                   scratch / f"{BACKBONE}.trt.{p}.data", log)
         ort, _ = external_proto(ort_ir, spec, sources.stored, scratch, link=False)       # kept weights in fp32
-        attention = fuse_attention(ort, cfg.backbone)
+        fusions = fuse_for_ort(ort, cfg.backbone)
         trt, _ = external_proto(trt_ir, spec, sources.stored, scratch, f"{BACKBONE}.trt", link=False)   # in bf16
         trt = raise_opset(trt)
         extra["weights"] = {}
@@ -112,7 +112,7 @@ def stream_backbone(opts: QuantizeOptions, manifest: Manifest, cfg: NextStepConf
             onnx.save(proto, scratch / name)
         extra["recipe"] = base_recipe(wcfg, records, kept, False) | {"exclude": exclude, "streamed": True}
         extra["deployments"] = deployments(BACKBONE, opts.precision, wcfg, reason, trt,
-                                           "bf16 (the bf16 trace: the reference's own casts)", attention)
+                                           "bf16 (the bf16 trace: the reference's own casts)", fusions)
         return graph_files(scratch / f"{BACKBONE}.onnx") + graph_files(scratch / trt_name)
 
     def validate(path: Path) -> ParityReport:

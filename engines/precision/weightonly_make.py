@@ -70,12 +70,12 @@ def weight_bytes(records: list[dict], bits: int, block: int) -> dict:
 
 def deployments(graph: str, precision: Precision, cfg: WeightOnlyConfig, accuracy_reason: str,
                 trt_model: onnx.ModelProto, activations: str = "bf16 (AutoCast policy of the bf16 graph)",
-                attention: dict | None = None) -> dict:
-    """The manifest's record of the two files (hashes are in the entry's ``hashes``); ``attention`` is the
-    record of ONNX Runtime's fused attention when the ONNX Runtime graph has it."""
+                fusions: dict | None = None) -> dict:
+    """The manifest's record of the two files (hashes are in the entry's ``hashes``); ``fusions`` is the record
+    of the ONNX Runtime-only rewrites (``export/ort_fusions.py``) when the ONNX Runtime graph has them."""
     p = Precision(precision).value
     opset = next(o.version for o in trt_model.opset_import if o.domain in ("", "ai.onnx"))
-    fused = {"attention": attention} if attention else {}
+    fused = {"fusions": fusions} if fusions else {}
     return {"onnxruntime": {"file": f"{p}/{graph}.onnx", "op": f"{MS_DOMAIN}.MatMulNBits", "activations": "fp32",
                             "accuracy_level": cfg.accuracy_level, "accuracy_level_reason": accuracy_reason, **fused},
             "tensorrt": {"file": f"{p}/{graph}.trt.onnx", "op": "DequantizeLinear(block_size) -> MatMul/Gemm",

@@ -9,7 +9,7 @@ import onnx
 from nextstep_trt.core.precision import Precision
 from nextstep_trt.core.report import ParityReport
 from nextstep_trt.export.manifest import Manifest
-from nextstep_trt.export.ort_attention import fuse_attention
+from nextstep_trt.export.ort_fusions import fuse_for_ort
 from nextstep_trt.ref.checkpoint import ModelBundle
 
 from .awq import GramCollector
@@ -49,14 +49,14 @@ def quantize_weight_only(opts: QuantizeOptions, bundle: ModelBundle, manifest: M
         start = time.perf_counter()
         sites, kept = chosen[g]
         ort_model, trt_model, recipe, _ = make_pair(models[g], manifest.path(g), sites, kept, cfg, grams.get(g))
-        attention = fuse_attention(ort_model, bundle.config.backbone) if g == "backbone" else None
+        fusions = fuse_for_ort(ort_model, bundle.config.backbone) if g == "backbone" else None
         recipe["exclude"] = exclude
         if calibration is not None:
             recipe["calibration"] = calibration | {"samples": grams[g].samples if g in grams else 0,
                                                    "method": "block Gram matrices of each linear's activations"}
         weights = {s.weight: matmul_weight(models[g], s) for s in sites}
         extra = {"recipe": recipe, "deployments": deployments(g, opts.precision, cfg, reason, trt_model,
-                                                              attention=attention)}
+                                                              fusions=fusions)}
         extra["deployments"]["check"] = check_pair(ort_model, trt_model, sites, lambda s: weights[s.weight],
                                                    cfg.bits, cfg.method is Method.AWQ)
         report = install_pair(bundle, manifest, g, ort_model, trt_model, extra, opts, time.perf_counter() - start)

@@ -257,6 +257,8 @@ def test_int4_backbone_writes_the_cache_in_place(art, monkeypatch):
         self.pos += s
 
     monkeypatch.setattr(HostKVCache, "write", mask_only)
+    fusions = Manifest.load(art).entry("backbone", Precision.INT4)["deployments"]["onnxruntime"]["fusions"]
+    assert fusions["attention"]["layers"] == fusions["biases_in_matmulnbits"] == 2           # q/k/v bias folded
     assert np.array_equal(_conds(art, "int4"), base["int4"])
     assert not np.allclose(_conds(art, "fp32")[1:], base["fp32"][1:], atol=1e-3)
 

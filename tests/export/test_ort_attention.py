@@ -1,8 +1,8 @@
-"""ONNX Runtime's fused attention (export/ort_attention.py): the exported fp32 backbone rewritten to RotaryEmbedding +
-GroupQueryAttention computes what the torch reference computes on every level-1 case at fp32's bounds (the
-reference and the rewritten graph are independent computations), the CPU kernel's one-row limit is real and
-``run_rows`` covers it, the graph lints clean against the unchanged spec, and a graph of another form is refused
-by name."""
+"""The ONNX Runtime-only rewrites (export/ort_fusions.py, ort_attention.py): the exported fp32 backbone rewritten to
+RotaryEmbedding + GroupQueryAttention computes what the torch reference computes
+on every level-1 case at fp32's bounds (the reference and the rewritten graph are independent computations), the
+CPU kernel's one-row limit is real and ``run_rows`` covers it, the graph lints clean against the unchanged spec, and
+a graph of another form is refused by name."""
 from collections import Counter
 
 import numpy as np
@@ -12,6 +12,7 @@ import pytest
 from nextstep_trt.core.precision import Precision
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.export.ort_attention import AttentionPatternError, continues_cache, fuse_attention, run_rows
+from nextstep_trt.export.ort_fusions import fuse_for_ort
 
 pytestmark = pytest.mark.slow(seconds=15)
 
@@ -21,7 +22,7 @@ def fused(tiny_artifacts, tiny_bundle):
     """(the session's fp32 backbone rewritten, its record, the manifest)."""
     manifest = Manifest.load(tiny_artifacts[0])
     model = onnx.load(manifest.path("backbone"))
-    record = fuse_attention(model, tiny_bundle.config.backbone)
+    record = fuse_for_ort(model, tiny_bundle.config.backbone)
     return model, record, manifest
 
 
@@ -30,7 +31,8 @@ def test_rewritten_graph_has_one_attention_kernel_per_layer(fused, tiny_bundle):
     layers = tiny_bundle.config.backbone.num_layers
     ops = Counter(n.op_type for n in model.graph.node)
     assert ops["GroupQueryAttention"] == layers and ops["RotaryEmbedding"] == 2 * layers
-    assert ops["Softmax"] == 0 and ops["Cos"] == 1 and record["layers"] == layers
+    assert ops["Softmax"] == 0 and ops["Cos"] == 1 and record["attention"]["layers"] == layers
+    assert record["biases_in_matmulnbits"] == 0                                    # fp32: no MatMulNBits
     assert not any(i.startswith("past_") for n in model.graph.node if n.op_type == "Concat" for i in n.input)
     onnx.checker.check_model(model, full_check=True)
 
