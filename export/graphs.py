@@ -47,7 +47,8 @@ class HeadSamplerGraph(nn.Module):
 
     The condition embedding is computed once per call; the time embeddings of the fixed grid are constants; the
     adaLN modulations depend on time and condition only, so each layer's are one GEMM over all N steps (M = N*R*B
-    rows, its weights read once per token) instead of N GEMMs of R*B rows inside the loop.
+    rows, its weights read once per token), split into shift / 1 + scale / gate once, and cut into the N steps'
+    [R*B,dim] pieces by one Split each: a step reads its pieces with no kernel of its own.
     """
 
     def __init__(self, head: FlowMatchingHead, sampler: SamplerConfig, guidance: Guidance):
@@ -59,12 +60,15 @@ class HeadSamplerGraph(nn.Module):
         self.register_buffer("time_embeddings", temb, persistent=False)
 
     def forward(self, cond, noise, cfg=None, cfg_img=None):
+        n, dim = self.time_embeddings.shape
         y_cond = self.net.cond_embed(cond)                                            # [R*B,dim]
-        y = self.time_embeddings[:, None] + y_cond[None]                              # [N,R*B,dim]
-        mods = self.net.modulations(y)                  # every step's adaLN at once: per layer [N,R*B,3*dim|2*dim]
+        y = (self.time_embeddings[:, None] + y_cond[None]).reshape(-1, dim)           # [N*R*B,dim], step-major
+        rows = [cond.shape[0]] * n
+        steps = [[part.split(rows, dim=0) for part in parts]                          # N pieces [R*B,dim] each
+                 for parts in self.net.modulations(y)]
 
         def velocity(x: torch.Tensor, k: int) -> torch.Tensor:
-            return self.net.velocity_modulated(x, [m[k] for m in mods])
+            return self.net.velocity_modulated(x, [[piece[k] for piece in parts] for parts in steps])
 
         return run_sampler(velocity, noise, self.sampler, self.guidance, cfg, cfg_img, norm=token_norm)
 

@@ -2,7 +2,8 @@
 
 The embedding of the condition and of the time, and the adaLN modulations they feed, are exposed separately, so a
 fused sampler can compute the condition embedding once per token, take the time embeddings of its fixed grid as
-constants, and compute every step's modulations in one batch before its first step.
+constants, and compute every step's modulations — already split into shift, 1 + scale and gate — in one batch
+before its first step.
 """
 from __future__ import annotations
 
@@ -17,6 +18,13 @@ from .config import HeadConfig
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale) + shift
+
+
+def modulation_parts(mod: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    """An adaLN output [...,n*dim] as (shift, 1 + scale[, gate]): ``modulate(x, shift, scale)`` is then
+    ``x * scale1 + shift``, the same operations in the same order, with the ``1 +`` done once per modulation."""
+    shift, scale, *gate = mod.chunk(n, dim=-1)
+    return (shift, 1 + scale, *gate)
 
 
 class TimestepEmbedder(nn.Module):
@@ -47,12 +55,11 @@ class ResBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * dim))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.modulated(x, self.adaLN_modulation(y))
+        return self.modulated(x, *modulation_parts(self.adaLN_modulation(y), 3))
 
-    def modulated(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
-        """The block given its adaLN output ``mod`` [B,3*dim] (shift, scale, gate)."""
-        shift, scale, gate = mod.chunk(3, dim=-1)
-        return x + gate * self.mlp(modulate(self.in_ln(x), shift, scale))
+    def modulated(self, x: torch.Tensor, shift: torch.Tensor, scale1: torch.Tensor, gate: torch.Tensor):
+        """The block given its adaLN parts [B,dim] each, the scale as ``1 + scale`` (``modulation_parts``)."""
+        return x + gate * self.mlp(self.in_ln(x) * scale1 + shift)
 
 
 class FinalLayer(nn.Module):
@@ -63,12 +70,11 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.modulated(x, self.adaLN_modulation(y))
+        return self.modulated(x, *modulation_parts(self.adaLN_modulation(y), 2))
 
-    def modulated(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
-        """The layer given its adaLN output ``mod`` [B,2*dim] (shift, scale)."""
-        shift, scale = mod.chunk(2, dim=-1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+    def modulated(self, x: torch.Tensor, shift: torch.Tensor, scale1: torch.Tensor) -> torch.Tensor:
+        """The layer given its adaLN parts [B,dim] each, the scale as ``1 + scale``."""
+        return self.linear(self.norm_final(x) * scale1 + shift)
 
 
 class SimpleMLPAdaLN(nn.Module):
@@ -84,17 +90,19 @@ class SimpleMLPAdaLN(nn.Module):
         """x [B,token_dim], y [B,dim] (= time embedding + condition embedding) -> v [B,token_dim]."""
         return self.velocity_modulated(x, self.modulations(y))
 
-    def modulations(self, y: torch.Tensor) -> list[torch.Tensor]:
-        """Each res block's adaLN output [...,3*dim], then the final layer's [...,2*dim]. They depend on y alone
-        (time and condition, not x), so a fused sampler computes them for its whole time grid in one batch."""
-        return [b.adaLN_modulation(y) for b in self.res_blocks] + [self.final_layer.adaLN_modulation(y)]
+    def modulations(self, y: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Each res block's adaLN parts (shift, 1 + scale, gate) [...,dim], then the final layer's (shift,
+        1 + scale). They depend on y alone (time and condition, not x), so a fused sampler computes them for its
+        whole time grid in one batch."""
+        return [modulation_parts(b.adaLN_modulation(y), 3) for b in self.res_blocks] + \
+            [modulation_parts(self.final_layer.adaLN_modulation(y), 2)]
 
-    def velocity_modulated(self, x: torch.Tensor, mods: list[torch.Tensor]) -> torch.Tensor:
+    def velocity_modulated(self, x: torch.Tensor, mods: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
         """x [B,token_dim] and the ``modulations`` of its y -> v [B,token_dim]."""
         h = self.input_proj(x)
-        for block, mod in zip(self.res_blocks, mods):
-            h = block.modulated(h, mod)
-        return self.final_layer.modulated(h, mods[-1])
+        for block, parts in zip(self.res_blocks, mods):
+            h = block.modulated(h, *parts)
+        return self.final_layer.modulated(h, *mods[-1])
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """x [B,token_dim], t [B], c [B,cond_dim] -> v [B,token_dim]."""
