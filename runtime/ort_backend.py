@@ -43,6 +43,7 @@ class OrtBackend(Backend):
         self._sessions: dict[str, object] = {}
         self._bindings: dict[str, object] = {}
         self._in_place: dict[str, dict[str, str]] = {}      # graph -> {present output: past input} (fused attention)
+        self._bound: dict[tuple[str, str], tuple | None] = {}   # (graph, tensor) -> the memory bound to it
         self._outputs: dict[tuple, np.ndarray] = {}
 
     def session(self, graph: str):
@@ -80,32 +81,45 @@ class OrtBackend(Backend):
         if cache and continues_cache(feeds):                  # the fused attention's CPU kernel: one row at a time
             return run_rows(lambda f: dict(zip(spec.output_names, session.run(spec.output_names, f))), feeds)
         for t in spec.inputs:
-            binding.bind_cpu_input(t.name, np.ascontiguousarray(feeds[t.name]))
+            self._bind(graph, binding, t.name, np.ascontiguousarray(feeds[t.name]))
         fixed: Feeds = {}
         for t in spec.outputs:
             if all(isinstance(a, int) or a in sizes for a in t.axes):
                 buf = self._output_buffer(graph, t.name, t.shape(sizes), t.np_dtype)
-                binding.bind_output(t.name, "cpu", 0, t.np_dtype, list(buf.shape), buf.ctypes.data)
+                self._bind(graph, binding, t.name, buf, output=True)
                 fixed[t.name] = buf
             else:
-                binding.bind_output(t.name, "cpu")
+                self._bind(graph, binding, t.name, None, output=True)
         for present, past in cache.items():                   # after the spec's outputs: their order is kept
-            self._bind_cache(binding, present, feeds[past], feeds["input_ids"].shape[1])
+            self._bind_cache(graph, binding, present, feeds[past], feeds["input_ids"].shape[1])
         session.run_with_iobinding(binding)
         if len(fixed) == len(spec.outputs):
             return fixed
         allocated = dict(zip(spec.output_names, binding.copy_outputs_to_cpu()))
         return {n: fixed.get(n, allocated[n]) for n in spec.output_names}
 
-    def _bind_cache(self, binding, present: str, past: np.ndarray, new_tokens: int) -> None:
+    def _bind(self, graph: str, binding, name: str, array: np.ndarray | None, output: bool = False) -> None:
+        """Bind ``array``'s memory (ORT reads and writes it in place, no copy), or for an output ``None`` a buffer
+        ORT allocates; skipped when the same memory is bound already (the cache, the mask and the reused outputs
+        are the same arrays at every step: 30-50 bindings a decode step saved)."""
+        key = None if array is None else (array.ctypes.data, array.shape, array.dtype.str)
+        if key is not None and self._bound.get((graph, name)) == key:
+            return
+        if array is None:
+            binding.bind_output(name, "cpu")
+        elif output:
+            binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+        else:
+            binding.bind_cpu_input(name, array)
+        self._bound[(graph, name)] = key
+
+    def _bind_cache(self, graph: str, binding, present: str, past: np.ndarray, new_tokens: int) -> None:
         """The fused attention's ``present`` output bound to the cache buffer fed as its past, so the kernel writes
         the new K/V in place and reads the cache without copying it (the cache still stores the ``new_*``
         outputs: the same values). Any other past (a caller's own array) gets an output of its own."""
         own = self.cache is not None and any(past is b for b in self.cache.buffers.values())
-        if own and self.cache.pos + new_tokens <= self.cache.capacity:
-            binding.bind_output(present, "cpu", 0, past.dtype, list(past.shape), past.ctypes.data)
-        else:
-            binding.bind_output(present, "cpu")
+        in_place = own and self.cache.pos + new_tokens <= self.cache.capacity
+        self._bind(graph, binding, present, past if in_place else None, output=True)
 
     def backbone(self, *args) -> np.ndarray:
         return super().backbone(*args).copy()
@@ -119,4 +133,5 @@ class OrtBackend(Backend):
                 s.end_profiling()
         self._sessions.clear()
         self._bindings.clear()
+        self._bound.clear()
         self._outputs.clear()
