@@ -7,7 +7,10 @@ provider runs best, the rewrites onnxruntime-genai's builder makes (torch-free):
 Each pass keeps the graph's inputs and outputs; ``fuse_for_ort`` runs them all and returns the manifest's record.
 Not done: residual Add + RMSNorm as ``SkipSimplifiedLayerNormalization`` (the peer has it). It joins one layer's
 last residual to the next layer's first norm, so a decoder layer can no longer be cut out alone for the
-``--low-memory`` spot check, and it measured within this VM's noise (16 of ~190 kernels per step).
+``--low-memory`` spot check, and it measured within this VM's noise (16 of ~190 kernels per step). Nor RoPE inside
+GroupQueryAttention (``do_rotary`` on the packed q/k/v, 24 kernels fewer per step): with ONNX Runtime 1.32's CPU
+kernel, a prompt whose rows have different positions (left pads) came back with wrong keys in ``present`` for every
+row but the first (its attention output was right), so the cache would be wrong from the first decode step on.
 """
 from __future__ import annotations
 
