@@ -6,7 +6,10 @@ from pathlib import Path
 
 import onnx
 
+from nextstep_trt.core.errors import UserError
 from nextstep_trt.core.precision import Precision
+from nextstep_trt.core.resources import free_ram, size_text
+from nextstep_trt.engines.estimate import autocast_need
 from nextstep_trt.core.report import ParityReport
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.export.ort_fusions import fuse_for_ort
@@ -28,6 +31,18 @@ def weight_only_config(opts: QuantizeOptions) -> tuple[WeightOnlyConfig, str]:
     return WeightOnlyConfig(WEIGHT_ONLY[opts.precision], opts.block_size, Method(opts.method), level), reason
 
 
+def require_memory(models: dict[str, onnx.ModelProto], precision) -> None:
+    """Refuse, with the numbers and before any work, a graph whose TensorRT half would not fit in memory."""
+    available = free_ram()
+    for g, model in models.items():
+        need = autocast_need(model)
+        if available and need > available:
+            raise UserError(f"{g} [{Precision(precision).value}]: making its TensorRT graph (ModelOpt AutoCast to "
+                            f"bf16, one cast per use of each weight) needs about {size_text(need)}; this machine "
+                            f"has {size_text(available)} available (Large's 50-step head_sampler was killed at 24 GB):"
+                            f" leave it out with --graphs, or run on a machine with more memory")
+
+
 def quantize_weight_only(opts: QuantizeOptions, bundle: ModelBundle, manifest: Manifest, names: list[str],
                          prompts: list[str], log=print) -> dict[str, dict]:
     """Make, check, validate and install the int4/int8 pair of every graph in ``names``; the manifest records."""
@@ -37,6 +52,7 @@ def quantize_weight_only(opts: QuantizeOptions, bundle: ModelBundle, manifest: M
     params = {k: v.detach().float().numpy() for k, v in bundle.model.state_dict().items()
               if v.device.type != "meta"}         # --low-memory: only the head's weights are loaded
     models = {g: onnx.load(manifest.path(g)) for g in names}
+    require_memory(models, opts.precision)
     exclude = list(opts.exclude) if opts.exclude is not None else WEIGHT_ONLY_EXCLUDE
     chosen = {g: choose_sites(models[g], params, exclude, cfg.block) for g in names}
     grams, calibration = {}, None

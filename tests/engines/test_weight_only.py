@@ -306,6 +306,24 @@ def test_quantize_validates_records_both_files_and_never_installs_a_failing_grap
     assert not any(p.startswith(("image_head.net.cond_embed", "image_head.net.final_layer")) for p in params)
 
 
+def test_quantize_refuses_a_graph_whose_tensorrt_half_would_not_fit_in_memory(art, tiny_dir, capsys, monkeypatch):
+    """Large's 50-step head_sampler was killed at 24 GB in AutoCast; the estimate refuses it up front instead: here
+    with the machine's available memory set below the tiny sampler's estimate, nothing is touched."""
+    from nextstep_trt.engines.estimate import autocast_need
+    from nextstep_trt.engines.precision import weightonly_run
+
+    sampler = onnx.load(art / "fp32" / "head_sampler.onnx")
+    step = onnx.load(art / "fp32" / "head_step.onnx")
+    assert autocast_need(sampler) > autocast_need(step)           # a sampler's weights count once per step
+    monkeypatch.setattr(weightonly_run, "free_ram", lambda: autocast_need(sampler) - 1)
+    before = _sha(art / "manifest.json")
+    code = main(["quantize", "--model", str(tiny_dir), "--artifacts", str(art), "--precision", "int8",
+                 "--graphs", "head_step,head_sampler", "--block-size", "32", "--no-validate"])
+    err = capsys.readouterr().err
+    assert code == 2 and "head_sampler [int8]: making its TensorRT graph" in err and "available" in err, err
+    assert len(err.strip().splitlines()) == 1 and _sha(art / "manifest.json") == before
+
+
 @pytest.mark.parametrize("precision,cc", [("int4", "8.9"), ("int4", "12.0"), ("int8", "8.9"), ("int8", "12.0")])
 def test_tensorrt_graphs_build_with_tensorrt_rtx(art, precision, cc):
     """The blocked-DequantizeLinear bf16 graphs (not the MatMulNBits ones) parse and build ahead of time, and the
