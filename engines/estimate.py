@@ -126,22 +126,6 @@ def _weight_only_steps(cfg, p: dict[str, int]) -> list[Step]:
     return out
 
 
-def autocast_need(model) -> int:
-    """Host memory to make the bf16 TensorRT half of a weight-only graph (ModelOpt AutoCast of the fp32 graph): the
-    small-graph factor times the bytes of every initializer counted once per node that reads it — AutoCast casts a
-    weight per use, so a 50-step sampler's shared weights count 50 times. Large head_step: 6.9 GB estimated, 6.80
-    measured; Large's 50-step head_sampler: ~120 GB estimated, killed at 24 GB (AutoCast alone)."""
-    from onnx import helper
-
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    weighted = sum(math.prod(t.dims) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize * uses.get(t.name, 1)
-                   for t in model.graph.initializer)
-    return int(BASE_RSS + SMALL_GRAPH_FACTOR * weighted)
-
-
 EDGE_PROFILE = {"max_batch": 1, "edit": False}      # export --max-batch 1 --no-edit: the smallest KV cache
 FIT_PRECISIONS = ("bf16", "fp8", "int8", "int4")
 

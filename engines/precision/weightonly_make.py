@@ -13,7 +13,7 @@ from nextstep_trt.core.errors import CheckFailed
 from nextstep_trt.core.precision import Precision
 from nextstep_trt.export.initializers import dedupe_initializers
 
-from .autocast import cast_summary, mixed_precision
+from .autocast import cast_summary, mixed_precision_light
 from .awq import GramCollector, search_clips
 from .blockquant import Quantized, from_dq, from_nbits, problems, scale_bits
 from .keep import keep_fp32
@@ -27,9 +27,9 @@ def _version(pkg: str) -> str:
         return "unknown"
 
 
-def make_pair(model: onnx.ModelProto, source: Path, sites: list[Site], kept: list[dict], cfg: WeightOnlyConfig,
+def make_pair(model: onnx.ModelProto, sites: list[Site], kept: list[dict], cfg: WeightOnlyConfig,
               grams: GramCollector | None = None) -> tuple[onnx.ModelProto, onnx.ModelProto, dict, dict]:
-    """(ONNX Runtime graph, TensorRT graph, recipe, {weight: its codes}) from the fp32 graph at ``source``."""
+    """(ONNX Runtime graph, TensorRT graph, recipe, {weight: its codes}) from the fp32 graph ``model``."""
     clips, awq = None, None
     if cfg.method is Method.AWQ and grams is not None:
         from .weightonly import matmul_weight
@@ -38,7 +38,7 @@ def make_pair(model: onnx.ModelProto, source: Path, sites: list[Site], kept: lis
         clips, awq = search_clips(grams, weights, cfg.bits)
     quantized = quantize_sites(model, sites, cfg, clips)
     ort_model = nbits_graph(model, sites, quantized, cfg.accuracy_level)
-    low = mixed_precision(source, Precision.BF16, keep_fp32(model))        # the bf16 graph's AutoCast policy
+    low = mixed_precision_light(model, Precision.BF16, keep_fp32(model))   # the bf16 graph's AutoCast policy
     dropped = dedupe_initializers(low)      # AutoCast copies the kept weights once per use (every sampler step)
     trt_model = dq_graph(low, sites, quantized)
     recipe = base_recipe(cfg, [site_record(s, quantized[s.weight]) for s in sites], kept, bool(clips))

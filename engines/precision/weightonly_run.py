@@ -9,12 +9,12 @@ import onnx
 from nextstep_trt.core.errors import UserError
 from nextstep_trt.core.precision import Precision
 from nextstep_trt.core.resources import free_ram, size_text
-from nextstep_trt.engines.estimate import autocast_need
 from nextstep_trt.core.report import ParityReport
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.export.ort_fusions import fuse_for_ort
 from nextstep_trt.ref.checkpoint import ModelBundle
 
+from .autocast import autocast_need
 from .awq import GramCollector
 from .options import QuantizeOptions, calibrate, install_each, validation_text
 from .ranges import Runner
@@ -64,7 +64,7 @@ def quantize_weight_only(opts: QuantizeOptions, bundle: ModelBundle, manifest: M
     def install(g: str) -> str:
         start = time.perf_counter()
         sites, kept = chosen[g]
-        ort_model, trt_model, recipe, _ = make_pair(models[g], manifest.path(g), sites, kept, cfg, grams.get(g))
+        ort_model, trt_model, recipe, _ = make_pair(models[g], sites, kept, cfg, grams.get(g))
         fusions = fuse_for_ort(ort_model, bundle.config.backbone) if g == "backbone" else None
         recipe["exclude"] = exclude
         if calibration is not None:
