@@ -2,6 +2,8 @@
 topological re-sort (torch-free)."""
 from __future__ import annotations
 
+from collections import defaultdict
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -11,16 +13,21 @@ class PatternError(ValueError):
     """A graph is not in the form a rewrite knows."""
 
 
+def cast_to(node: onnx.NodeProto) -> int | None:
+    """The element type a Cast node casts to."""
+    return next((a.i for a in node.attribute if a.name == "to"), None)
+
+
 class GraphIndex:
     """Producers and consumers of every tensor of a graph."""
 
     def __init__(self, graph: onnx.GraphProto):
         self.graph = graph
         self.producer = {o: n for n in graph.node for o in n.output if o}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for n in graph.node:
             for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
+                self.consumers[i].append(n)
         self.inits = {i.name: i for i in graph.initializer}
 
     def single_use(self, tensor: str, op: str) -> onnx.NodeProto | None:

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from nextstep_trt.core.errors import UserError
 
+from .graph_edit import cast_to
 from .ort_attention import in_place_outputs, is_fused
 from .spec import GraphSpec
 
@@ -168,15 +169,8 @@ def _intermediate_shapes(model: onnx.ModelProto) -> list[Finding]:
                     f"{len(missing)} intermediate tensor(s) have no shape after shape inference: {names}")]
 
 
-def _cast_to(node: onnx.NodeProto) -> int | None:
-    for attr in node.attribute:
-        if attr.name == "to":
-            return attr.i
-    return None
-
-
 def _int64_weight_ops(graph: onnx.GraphProto) -> list[Finding]:
-    casts = {n.output[0]: n for n in graph.node if n.op_type == "Cast" and _cast_to(n) == TensorProto.INT64}
+    casts = {n.output[0]: n for n in graph.node if n.op_type == "Cast" and cast_to(n) == TensorProto.INT64}
     out = []
     for node in graph.node:
         if node.op_type not in WEIGHT_OPS:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import onnx
 
-from .graph_edit import GraphIndex, drop_dead
+from .graph_edit import GraphIndex
 from .ort_attention import fuse_attention
 
 
@@ -42,6 +42,4 @@ def fold_nbits_bias(model: onnx.ModelProto) -> int:
 
 def fuse_for_ort(model: onnx.ModelProto, bb) -> dict:
     """In place: every rewrite above on the backbone graph (``bb`` its BackboneConfig); the manifest's record."""
-    record = {"attention": fuse_attention(model, bb), "biases_in_matmulnbits": fold_nbits_bias(model)}
-    drop_dead(model.graph)
-    return record
+    return {"attention": fuse_attention(model, bb), "biases_in_matmulnbits": fold_nbits_bias(model)}

@@ -17,6 +17,7 @@ import onnx
 
 from nextstep_trt.core.errors import UserError
 from nextstep_trt.core.precision import Precision
+from nextstep_trt.export.graph_edit import GraphIndex, cast_to
 
 FP16_MAX = 65504.0
 # A node whose fp32 range on the calibration inputs exceeds this stays fp32 in the fp16 graph: 16x headroom
@@ -88,8 +89,7 @@ def mixed_precision_light(model: onnx.ModelProto, precision: Precision, keep: di
 
     big = {t.name: t for t in model.graph.initializer
            if t.data_type == TensorProto.FLOAT and math.prod(t.dims) * 4 > LIGHT_BYTES}
-    light = onnx.ModelProto()
-    _without(model, big, light)
+    light = _without(model, big)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "light.onnx"
         onnx.save(light, path)
@@ -99,12 +99,12 @@ def mixed_precision_light(model: onnx.ModelProto, precision: Precision, keep: di
     return low
 
 
-def _without(model: onnx.ModelProto, big: dict, light: onnx.ModelProto) -> None:
-    """``light`` = ``model`` with the ``big`` initializers as graph inputs of the same type and shape."""
+def _without(model: onnx.ModelProto, big: dict) -> onnx.ModelProto:
+    """``model`` with the ``big`` initializers as graph inputs of the same type and shape (their data left out)."""
     from onnx import helper
 
-    light.CopyFrom(onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
-                                   producer_name=model.producer_name, graph=onnx.GraphProto(name=model.graph.name)))
+    light = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
+                            producer_name=model.producer_name, graph=onnx.GraphProto(name=model.graph.name))
     g = light.graph
     g.node.extend(model.graph.node)
     g.input.extend(model.graph.input)
@@ -112,6 +112,7 @@ def _without(model: onnx.ModelProto, big: dict, light: onnx.ModelProto) -> None:
     g.output.extend(model.graph.output)
     g.value_info.extend(model.graph.value_info)
     g.initializer.extend(t for t in model.graph.initializer if t.name not in big)
+    return light
 
 
 def _restore(low: onnx.ModelProto, big: dict, precision: Precision) -> None:
@@ -120,36 +121,28 @@ def _restore(low: onnx.ModelProto, big: dict, precision: Precision) -> None:
     import ml_dtypes
     from onnx import TensorProto, numpy_helper
 
-    low_type = TensorProto.FLOAT16 if Precision(precision) is Precision.FP16 else TensorProto.BFLOAT16
+    precision = Precision(precision)
+    low_type = TensorProto.FLOAT16 if precision is Precision.FP16 else TensorProto.BFLOAT16
     np_low = np.float16 if low_type == TensorProto.FLOAT16 else ml_dtypes.bfloat16
-    names = set(big)
-    readers: dict[str, list] = {}
-    for n in low.graph.node:
-        for i in n.input:
-            if i in names:
-                readers.setdefault(i, []).append(n)
+    readers = GraphIndex(low.graph).consumers
     drop, rename = set(), {}
     for name, t in big.items():
-        casts = [n for n in readers.get(name, []) if n.op_type == "Cast" and _cast_to(n) == low_type]
+        casts = [n for n in readers[name] if n.op_type == "Cast" and cast_to(n) == low_type]
         if casts:
             converted = numpy_helper.from_array(numpy_helper.to_array(t).astype(np_low), f"{name}/{precision.value}")
             low.graph.initializer.append(converted)
             rename.update({c.output[0]: converted.name for c in casts})
             drop.update(id(c) for c in casts)
-        if len(casts) < len(readers.get(name, [])):
+        if len(casts) < len(readers[name]):
             low.graph.initializer.append(t)
     keep = [n for n in low.graph.node if id(n) not in drop]
     for n in keep:
         n.input[:] = [rename.get(i, i) for i in n.input]
     del low.graph.node[:]
     low.graph.node.extend(keep)
-    inputs = [i for i in low.graph.input if i.name not in names]
+    inputs = [i for i in low.graph.input if i.name not in big]
     del low.graph.input[:]
     low.graph.input.extend(inputs)
-
-
-def _cast_to(node: onnx.NodeProto) -> int | None:
-    return next((a.i for a in node.attribute if a.name == "to"), None)
 
 
 def autocast_need(model) -> int:
@@ -162,12 +155,9 @@ def autocast_need(model) -> int:
 
     from nextstep_trt.engines.estimate import BASE_RSS, SMALL_GRAPH_FACTOR
 
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+    readers = GraphIndex(model.graph).consumers
     total = 0
     for t in model.graph.initializer:
         nbytes = math.prod(t.dims) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-        total += nbytes if nbytes > LIGHT_BYTES else nbytes * uses.get(t.name, 1)
+        total += nbytes if nbytes > LIGHT_BYTES else nbytes * max(1, len(readers[t.name]))
     return int(BASE_RSS + SMALL_GRAPH_FACTOR * total)

@@ -7,9 +7,9 @@ region (everything between the last weighted layer and a graph output: the fused
 """
 from __future__ import annotations
 
-from collections import defaultdict
-
 import onnx
+
+from nextstep_trt.export.graph_edit import GraphIndex as Edges
 
 NORM_OPS = ("LayerNormalization", "GroupNormalization", "InstanceNormalization", "RMSNormalization")
 KEEP_OPS = {**{op: "norm" for op in NORM_OPS}, "Softmax": "softmax"}
@@ -17,16 +17,12 @@ _NORM_CHAIN = ("Add", "Sqrt", "Reciprocal", "Div", "Mul", "Sub")
 _SEARCH_LIMIT = 5000          # nodes visited per residual test
 
 
-class GraphIndex:
-    """Producers, consumers, constants and element types of one graph."""
+class GraphIndex(Edges):
+    """Producers, consumers (``graph_edit.GraphIndex``), constants and element types of one graph."""
 
     def __init__(self, model: onnx.ModelProto):
+        super().__init__(model.graph)
         self.nodes = list(model.graph.node)
-        self.producer = {o: n for n in self.nodes for o in n.output if o}
-        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for n in self.nodes:
-            for i in n.input:
-                self.consumers[i].append(n)
         self.consts = {i.name for i in model.graph.initializer} | \
             {o for n in self.nodes if n.op_type == "Constant" for o in n.output}
         inferred = onnx.shape_inference.infer_shapes(model)

@@ -39,7 +39,7 @@ def make_pair(model: onnx.ModelProto, sites: list[Site], kept: list[dict], cfg: 
     quantized = quantize_sites(model, sites, cfg, clips)
     ort_model = nbits_graph(model, sites, quantized, cfg.accuracy_level)
     low = mixed_precision_light(model, Precision.BF16, keep_fp32(model))   # the bf16 graph's AutoCast policy
-    dropped = dedupe_initializers(low)      # AutoCast copies the kept weights once per use (every sampler step)
+    dropped = dedupe_initializers(low)      # AutoCast copies small weights once per use (every sampler step)
     trt_model = dq_graph(low, sites, quantized)
     recipe = base_recipe(cfg, [site_record(s, quantized[s.weight]) for s in sites], kept, bool(clips))
     recipe["deduplicated_initializers"] = dropped

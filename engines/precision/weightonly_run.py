@@ -38,9 +38,8 @@ def require_memory(models: dict[str, onnx.ModelProto], precision) -> None:
         need = autocast_need(model)
         if available and need > available:
             raise UserError(f"{g} [{Precision(precision).value}]: making its TensorRT graph (ModelOpt AutoCast to "
-                            f"bf16, one cast per use of each weight) needs about {size_text(need)}; this machine "
-                            f"has {size_text(available)} available (Large's 50-step head_sampler was killed at 24 GB):"
-                            f" leave it out with --graphs, or run on a machine with more memory")
+                            f"bf16) needs about {size_text(need)}; this machine has {size_text(available)} "
+                            f"available: leave it out with --graphs, or run on a machine with more memory")
 
 
 def quantize_weight_only(opts: QuantizeOptions, bundle: ModelBundle, manifest: Manifest, names: list[str],
