@@ -6,8 +6,8 @@ ARTIFACTS holds an fp32 ``head_sampler`` (``export``, or ``export --low-memory -
 for Large). The int4 graph is made here by the quantize path's own functions (keep-list, block 32 RTN, accuracy
 level 4) into a temporary folder — only the ONNX Runtime half, without the TensorRT half's AutoCast or the level-1
 validation (for Large's head_sampler: about a minute, where the whole ``quantize --low-memory`` takes 15). Prints
-ms per token for
-both, the paired speed-up, and the int4 token's cosine / rel-L2 against fp32's on the same inputs.
+ms per token for both, the paired speed-up, and the int4 token's cosine / rel-L2 against fp32's on the same
+inputs.
 """
 from __future__ import annotations
 
