@@ -83,16 +83,18 @@ def _write(write: Callable[[Path], list[Path]], scratch: Path, graph: str, out_d
 def install_graph(spec: GraphSpec, sizes: dict[str, int], seconds: float, write: Callable[[Path], list[Path]],
                   validate: Callable[[Path], ParityReport], out_dir: Path, manifest: Manifest,
                   precision: Precision = Precision.FP32, extra: dict | None = None,
-                  trt_parse: bool = True, trt_graph: str | None = None) -> ParityReport:
+                  trt_parse: bool = True, trt_graph: str | None = None,
+                  io_dtypes: dict[str, str] | None = None) -> ParityReport:
     """Write into a scratch folder, lint, validate, then install and record; a failing graph never replaces a good
-    one (export and quantize both install through here; the caller holds the folder's lock, ``scratch.py``).
+    one (export and quantize both install through here; the caller holds the folder's lock, ``scratch.py``). The
+    graph file is linted against ``spec`` with ``io_dtypes`` (its own, where they differ: an int8 cache).
     ``write`` returns the graph first; every ``.onnx`` it writes (int4/int8: also the TensorRT deployment,
     ``trt_graph``, the file TensorRT-RTX parses) is hashed into the record with its external data."""
     scratch = _write(lambda _: make_scratch(out_dir, spec.name), out_dir, spec.name, out_dir)
     try:
         files = _write(write, scratch, spec.name, out_dir)
         fault_point("written")
-        findings = check_graph(files[0], spec, sizes)
+        findings = check_graph(files[0], spec.with_dtypes(io_dtypes or {}), sizes)
         report = validate(files[0])
         if not report.ok:
             r = report.failures()[0]

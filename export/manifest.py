@@ -63,6 +63,15 @@ def _check_structure(path: Path, data: dict) -> None:
                     raise UserError(f"{where}: graphs.{name}.{p}.{key} must map names to strings")
 
 
+def deployment_io_dtypes(entry: dict, deployment: str | None) -> dict[str, str]:
+    """{tensor: dtype} where one deployment file of a precision entry differs from the entry's spec."""
+    record = (entry.get("deployments") or {}).get(deployment) if deployment else None
+    dtypes = record.get("io_dtypes", {}) if isinstance(record, dict) else {}
+    if not isinstance(dtypes, dict) or not all(isinstance(v, str) for v in dtypes.values()):
+        raise UserError(f"deployments.{deployment}.io_dtypes must map names to strings")
+    return dtypes
+
+
 class Manifest:
     """Read, update and save the manifest of an artifacts folder."""
 
@@ -173,11 +182,13 @@ class Manifest:
             raise UserError(f"{self.root} has no {p.value} graph (run `nextstep-trt quantize --precision {p.value}`)")
         return out
 
-    def spec(self, graph: str, precision: Precision = Precision.FP32) -> GraphSpec:
-        """The graph's spec, with the precision graph's I/O dtypes if they differ."""
+    def spec(self, graph: str, precision: Precision = Precision.FP32, deployment: str | None = None) -> GraphSpec:
+        """The graph's spec, with the precision graph's I/O dtypes if they differ; with ``deployment`` (an int4/int8
+        entry's "onnxruntime" or "tensorrt" file) also that file's own (the ONNX Runtime file's int8 KV cache)."""
         entry = self.entry(graph, precision)
+        dtypes = entry.get("io_dtypes", {}) | deployment_io_dtypes(entry, deployment)
         try:
-            return GraphSpec.from_dict(self.data["graphs"][graph]["spec"]).with_dtypes(entry.get("io_dtypes", {}))
+            return GraphSpec.from_dict(self.data["graphs"][graph]["spec"]).with_dtypes(dtypes)
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(f"{self.root / MANIFEST}: damaged spec of {graph} ({type(err).__name__}: {err})") from None
 

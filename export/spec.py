@@ -12,7 +12,7 @@ import numpy as np
 
 from nextstep_trt.core.errors import UserError
 
-DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool")
+DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "int8", "bool")
 SPEC_VERSION = 1
 
 

@@ -7,6 +7,7 @@ sampler (or its per-step fallback through ``head_step``) and the VAE calls are s
 from __future__ import annotations
 
 import abc
+from typing import Callable
 
 import numpy as np
 
@@ -44,6 +45,7 @@ class HostKVCache:
         shape = (rows, bb.num_kv_heads, capacity, bb.head_dim)
         self.names = kv_names("past_key", bb.num_layers) + kv_names("past_value", bb.num_layers)
         self.buffers = {n: np.zeros(shape, dtype=dtype) for n in self.names}
+        self.dtype = np.dtype(dtype)
         self.mask = np.zeros((rows, capacity), dtype=np.int64)
         self.pos = 0
 
@@ -93,6 +95,10 @@ class Backend(abc.ABC):
     def run(self, graph: str, feeds: Feeds) -> Feeds:
         """One call of one graph on host arrays."""
 
+    def level1_view(self, graph: str) -> tuple[GraphSpec, Callable[[Feeds], Feeds]]:
+        """The spec and the runner level 1 checks ``graph`` through: inputs and outputs in the reference's types."""
+        return self.spec(graph), lambda feeds: self.run(graph, feeds)
+
     def has(self, graph: str) -> bool:
         return graph in self.specs
 
@@ -108,6 +114,11 @@ class Backend(abc.ABC):
         spec = self.specs.get("backbone")
         return spec.attrs.get("kv_capacity") if spec else None
 
+    def cache_dtype(self) -> np.dtype:
+        """What the backbone graph keeps its cache in (float32; int8 for an ONNX Runtime graph with an int8 cache)."""
+        spec = self.specs.get("backbone")
+        return spec.tensor(kv_names("past_key", 1)[0]).np_dtype if spec else np.dtype(np.float32)
+
     def check_capacity(self, needed: int) -> int:
         """The cache slots per row to allocate; a UserError when ``needed`` exceeds the exported capacity."""
         cap = self.max_capacity()
@@ -119,8 +130,9 @@ class Backend(abc.ABC):
     def start(self, rows: int, needed: int) -> None:
         """A fresh cache for ``rows`` rows that must hold ``needed`` tokens (prompt + image)."""
         capacity = self.check_capacity(needed)
-        if self.cache is None or self.cache.mask.shape != (rows, capacity):
-            self.cache = HostKVCache(self.config, rows, capacity)
+        dtype = self.cache_dtype()
+        if self.cache is None or self.cache.mask.shape != (rows, capacity) or self.cache.dtype != dtype:
+            self.cache = HostKVCache(self.config, rows, capacity, dtype)
         self.cache.reset()
 
     def backbone(self, input_ids, image_tokens, image_mask, position_ids, token_mask) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 from nextstep_trt.core.precision import Precision
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.export.ort_attention import continues_cache, in_place_outputs, run_rows
+from nextstep_trt.export.ort_kvcache import quantized_runner, read_scales
 from nextstep_trt.export.ort_session import make_session
 from nextstep_trt.ref.weights import head_shapes
 
@@ -33,7 +34,7 @@ class OrtBackend(Backend):
         self.precision = Precision(precision)
         self.graph_precision = self.manifest.graph_precisions(self.precision)
         self.manifest.verify(self.graph_precision)   # every graph's bytes as validated, before any work (stamps)
-        specs = {g: self.manifest.spec(g, p) for g, p in self.graph_precision.items()}
+        specs = {g: self.manifest.spec(g, p, "onnxruntime") for g, p in self.graph_precision.items()}
         super().__init__(self.manifest.config, specs)
         fallback = sorted(g for g, p in self.graph_precision.items() if p != self.precision)
         if fallback:
@@ -62,6 +63,15 @@ class OrtBackend(Backend):
         """Intra-op threads of ``graph`` when none were asked for: 1 for a cache-sized head, else 0 (ORT's default)."""
         head = sum(math.prod(s) for s in head_shapes(self.config.head).values()) * 4
         return 1 if graph.startswith("head_") and head <= SMALL_HEAD_BYTES else 0
+
+    def level1_view(self, graph: str):
+        """An int8-cache backbone is checked as the reference runs: its float cache quantized with the graph's
+        scales on the way in, the new K/V dequantized on the way out (``export/ort_kvcache.py``)."""
+        spec, run = super().level1_view(graph)
+        scales = read_scales(self.manifest.path(graph, self.graph_precision[graph], verify=False))
+        if not scales:
+            return spec, run
+        return self.manifest.spec(graph, self.graph_precision[graph]), quantized_runner(run, scales)
 
     def thread_counts(self) -> dict[str, int]:
         """Intra-op threads of each open session (0: ONNX Runtime's default, one per physical core)."""

@@ -14,6 +14,8 @@ import onnx
 from nextstep_trt.core.metrics import Metrics, compare
 from nextstep_trt.core.precision import Precision
 
+from nextstep_trt.export.ort_kvcache import quantize_feeds, read_scales
+
 from .ranges import MARKED_BUDGET, Feeds, MarkedRunner, float_tensors
 
 
@@ -64,12 +66,14 @@ def compare_intermediates(graph: str, fp32: onnx.ModelProto, low: onnx.ModelProt
     """Run both graphs with their shared float tensors marked; one row per tensor, worst first."""
     in_low = {o for n in low.graph.node for o in n.output}
     inputs = {i.name for i in fp32.graph.input}
-    shared = [t for t in float_tensors(fp32) if t in in_low and t not in inputs]
+    codes = {o.name for o in low.graph.output if o.type.tensor_type.elem_type == onnx.TensorProto.INT8}
+    shared = [t for t in float_tensors(fp32) if t in in_low and t not in inputs | codes]   # codes: an int8 cache
     ref = MarkedRunner(fp32, shared, budget=budget // 2)            # both sides' chunks are held at once
     chunks = ref.chunks(feeds)
     producer = {o: n for n in fp32.graph.node for o in n.output}
     rows = []
-    outputs = zip(chunks, ref.run(feeds, chunks), MarkedRunner(low, shared, precision).run(feeds, chunks))
+    low_feeds = quantize_feeds(feeds, read_scales(low))                # an int8 cache reads int8 codes
+    outputs = zip(chunks, ref.run(feeds, chunks), MarkedRunner(low, shared, precision).run(low_feeds, chunks))
     for chunk, want, got in outputs:
         rows += [LayerRow(producer[t].name, producer[t].op_type, t,
                           compare(np.asarray(want[t], np.float32), np.asarray(got[t]).astype(np.float32)))

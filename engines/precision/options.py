@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable
 from nextstep_trt.core.errors import CheckFailed, UserError
 from nextstep_trt.core.precision import Precision
 from nextstep_trt.export.manifest import Manifest
+from nextstep_trt.export.ort_kvcache import KVCache
 
 from .blockquant import BLOCK_SIZES
 from .weightonly import Method
@@ -32,6 +33,7 @@ class QuantizeOptions:
     method: Method = Method.RTN                # int4/int8: rtn, or awq (clip ratios searched on the calibration)
     accuracy_level: int | None = None          # int4/int8 ONNX Runtime graph; None: from the CPU (cpu_accuracy_level)
     low_memory: bool = False                   # int4/int8: the backbone streamed from the shards (weightonly_lowmem)
+    kv_cache: KVCache = KVCache.FP32           # int4/int8 ONNX Runtime backbone: its cache's type (export/ort_kvcache)
 
     def __post_init__(self):
         if self.block_size not in BLOCK_SIZES:       # refused before the model loads

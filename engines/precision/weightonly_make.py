@@ -70,12 +70,16 @@ def weight_bytes(records: list[dict], bits: int, block: int) -> dict:
 
 def deployments(graph: str, precision: Precision, cfg: WeightOnlyConfig, accuracy_reason: str,
                 trt_model: onnx.ModelProto, activations: str = "bf16 (AutoCast policy of the bf16 graph)",
-                fusions: dict | None = None) -> dict:
+                fusions: dict | None = None, kv_cache: dict | None = None) -> dict:
     """The manifest's record of the two files (hashes are in the entry's ``hashes``); ``fusions`` is the record
-    of the ONNX Runtime-only rewrites (``export/ort_fusions.py``) when the ONNX Runtime graph has them."""
+    of the ONNX Runtime-only rewrites (``export/ort_fusions.py``) when the ONNX Runtime graph has them, ``kv_cache``
+    that of its int8 cache (``export/ort_kvcache.py``)."""
     p = Precision(precision).value
     opset = next(o.version for o in trt_model.opset_import if o.domain in ("", "ai.onnx"))
     fused = {"fusions": fusions} if fusions else {}
+    if kv_cache:                        # the int8 cache: its record, and the file's cache I/O types
+        fused |= {"kv_cache": {k: v for k, v in kv_cache.items() if k != "io_dtypes"},
+                  "io_dtypes": kv_cache["io_dtypes"]}
     return {"onnxruntime": {"file": f"{p}/{graph}.onnx", "op": f"{MS_DOMAIN}.MatMulNBits", "activations": "fp32",
                             "accuracy_level": cfg.accuracy_level, "accuracy_level_reason": accuracy_reason, **fused},
             "tensorrt": {"file": f"{p}/{graph}.trt.onnx", "op": "DequantizeLinear(block_size) -> MatMul/Gemm",

@@ -12,6 +12,7 @@ from nextstep_trt.core.resources import free_ram, size_text
 from nextstep_trt.core.report import ParityReport
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.export.ort_fusions import fuse_for_ort
+from nextstep_trt.export.ort_kvcache import KVCache, KVRangeCollector, quantize_cache, quantized_runner, read_scales
 from nextstep_trt.ref.checkpoint import ModelBundle
 
 from .autocast import autocast_need
@@ -54,10 +55,13 @@ def quantize_weight_only(opts: QuantizeOptions, bundle: ModelBundle, manifest: M
     require_memory(models, opts.precision)
     exclude = list(opts.exclude) if opts.exclude is not None else WEIGHT_ONLY_EXCLUDE
     chosen = {g: choose_sites(models[g], params, exclude, cfg.block) for g in names}
-    grams, calibration = {}, None
+    grams, calibration, consumers = {}, None, {}
     if cfg.method is Method.AWQ:
         grams = {g: GramCollector(models[g], chosen[g][0], cfg.block) for g in names if chosen[g][0]}
-        calibration = calibrate(bundle, manifest, prompts, {g: [c] for g, c in grams.items()}, log)
+        consumers = {g: [c] for g, c in grams.items()}
+    kv = kv_collector(opts, bundle, names, consumers)
+    if consumers:
+        calibration = calibrate(bundle, manifest, prompts, consumers, log)
     records = {}
 
     def install(g: str) -> str:
@@ -65,13 +69,14 @@ def quantize_weight_only(opts: QuantizeOptions, bundle: ModelBundle, manifest: M
         sites, kept = chosen[g]
         ort_model, trt_model, recipe, _ = make_pair(models[g], sites, kept, cfg, grams.get(g))
         fusions = fuse_for_ort(ort_model, bundle.config.backbone) if g == "backbone" else None
+        cache = quantize_cache(ort_model, bundle.config.backbone.num_layers, kv.scales()) if kv and fusions else None
         recipe["exclude"] = exclude
         if calibration is not None:
             recipe["calibration"] = calibration | {"samples": grams[g].samples if g in grams else 0,
                                                    "method": "block Gram matrices of each linear's activations"}
         weights = {s.weight: matmul_weight(models[g], s) for s in sites}
         extra = {"recipe": recipe, "deployments": deployments(g, opts.precision, cfg, reason, trt_model,
-                                                              fusions=fusions)}
+                                                              fusions=fusions, kv_cache=cache)}
         extra["deployments"]["check"] = check_pair(ort_model, trt_model, sites, lambda s: weights[s.weight],
                                                    cfg.bits, cfg.method is Method.AWQ)
         report = install_pair(bundle, manifest, g, ort_model, trt_model, extra, opts, time.perf_counter() - start)
@@ -84,6 +89,18 @@ def quantize_weight_only(opts: QuantizeOptions, bundle: ModelBundle, manifest: M
     return records
 
 
+def kv_collector(opts: QuantizeOptions, bundle: ModelBundle, names: list[str],
+                 consumers: dict[str, list]) -> KVRangeCollector | None:
+    """``--kv-cache int8``: the backbone's cache ranges, collected in the calibration run (joins ``consumers``)."""
+    if opts.kv_cache is KVCache.FP32:
+        return None
+    if "backbone" not in names:
+        raise UserError("--kv-cache int8 applies to the backbone graph: add it to --graphs")
+    collector = KVRangeCollector(bundle.config.backbone.num_layers)
+    consumers.setdefault("backbone", []).append(collector)
+    return collector
+
+
 def install_pair(bundle: ModelBundle, manifest: Manifest, graph: str, ort_model: onnx.ModelProto,
                  trt_model: onnx.ModelProto, extra: dict, opts: QuantizeOptions, seconds: float) -> ParityReport:
     """Both files into one scratch folder; level 1 of the ONNX Runtime graph; installed and recorded together."""
@@ -92,6 +109,8 @@ def install_pair(bundle: ModelBundle, manifest: Manifest, graph: str, ort_model:
     from nextstep_trt.export.validate import validate_graph
 
     spec = manifest.spec(graph)
+    io_dtypes = extra["deployments"]["onnxruntime"].get("io_dtypes", {})
+    scales = read_scales(ort_model)
 
     def write(scratch: Path) -> list[Path]:
         files = save(ort_model, scratch / f"{graph}.onnx")
@@ -101,8 +120,10 @@ def install_pair(bundle: ModelBundle, manifest: Manifest, graph: str, ort_model:
         onnx.checker.check_model(str(path.with_name(f"{graph}{TENSORRT_SUFFIX}")), full_check=True)
         if not opts.validate:
             return ParityReport()
-        return validate_graph(bundle, spec, Runner(ort_model, opts.precision).run, manifest.profile, opts.precision)
+        run = Runner(ort_model, opts.precision).run
+        return validate_graph(bundle, spec, quantized_runner(run, scales) if scales else run, manifest.profile,
+                              opts.precision)
 
     sizes = manifest.data["graphs"][graph].get("export_sizes", {})
     return install_graph(spec, sizes, seconds, write, validate, opts.artifacts, manifest, opts.precision, extra,
-                         trt_graph=f"{graph}{TENSORRT_SUFFIX}")
+                         trt_graph=f"{graph}{TENSORRT_SUFFIX}", io_dtypes=io_dtypes)

@@ -1,0 +1,181 @@
+"""The int8 KV cache of the ONNX Runtime int4 backbone (`quantize --kv-cache int8`): ONNX Runtime's kernel writes
+the codes our numpy quantizer computes and attends the dequantized cache; the manifest types the ONNX Runtime file's
+cache int8 and leaves the TensorRT file float; levels 1-3 meet the int4 bounds through the runtime, which keeps an
+int8 cache that the kernel writes in place; the bench reads a quarter of the cache bytes; misuse is one line."""
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+from test_precision_graphs import CachedReference
+
+from nextstep_trt.cli import main
+from nextstep_trt.core.precision import Precision
+from nextstep_trt.export.manifest import Manifest
+from nextstep_trt.export.ort_kvcache import HEADROOM, QMAX, dequantize, quantize, read_scales
+
+pytestmark = pytest.mark.slow(seconds=30)
+
+
+def _gqa_model(batch, heads, kv_heads, dim, capacity):
+    """One GroupQueryAttention node with an int8 per-channel cache, as quantize_cache writes it."""
+    f, i8 = TensorProto.FLOAT, TensorProto.INT8
+    node = helper.make_node("GroupQueryAttention", ["q", "k", "v", "pk", "pv", "sl", "tot", "", "", "", "", "", "ks",
+                                                    "vs"], ["o", "prk", "prv"], domain="com.microsoft",
+                            num_heads=heads, kv_num_heads=kv_heads, k_quant_type="PER_CHANNEL",
+                            v_quant_type="PER_CHANNEL", kv_cache_bit_width=8)
+    vi = helper.make_tensor_value_info
+    inputs = [vi("q", f, [batch, 1, heads * dim]), vi("k", f, [batch, 1, kv_heads * dim]),
+              vi("v", f, [batch, 1, kv_heads * dim]), vi("pk", i8, [batch, kv_heads, capacity, dim]),
+              vi("pv", i8, [batch, kv_heads, capacity, dim]), vi("sl", TensorProto.INT32, [batch]),
+              vi("tot", TensorProto.INT32, []), vi("ks", f, [kv_heads * dim]), vi("vs", f, [kv_heads * dim])]
+    graph = helper.make_graph([node], "gqa", inputs, [vi("o", f, None), vi("prk", i8, None), vi("prv", i8, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft",
+                                                                                                   1)])
+
+
+def test_the_kernel_writes_our_codes_and_attends_the_dequantized_cache():
+    """Independent of the graph rewrite: one kernel call against numpy (codes bit-equal, ties included; attention
+    as softmax(q k^T / sqrt(D)) v over the dequantized cache)."""
+    b, h, kvh, d, past = 2, 4, 2, 16, 5
+    rng = np.random.default_rng(0)
+    scales = {n: rng.uniform(0.01, 0.1, kvh * d).astype(np.float32) for n in ("k", "v")}
+    k = rng.standard_normal((b, 1, kvh * d)).astype(np.float32) * 3
+    k[0, 0, :8] = (np.arange(8) - 3.5) * scales["k"][:8]                      # exact ties: rounded to even
+    v = rng.standard_normal((b, 1, kvh * d)).astype(np.float32) * 3
+    q = rng.standard_normal((b, 1, h * d)).astype(np.float32)
+    cache = {n: rng.integers(-127, 128, (b, kvh, past + 1, d)).astype(np.int8) for n in ("k", "v")}
+    session = ort.InferenceSession(_gqa_model(b, h, kvh, d, past + 1).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    out, pk, pv = session.run(None, {"q": q, "k": k, "v": v, "pk": cache["k"], "pv": cache["v"],
+                                     "sl": np.full(b, past, np.int32), "tot": np.array(past + 1, np.int32),
+                                     "ks": scales["k"], "vs": scales["v"]})
+    for new, written, s in ((k, pk, scales["k"]), (v, pv, scales["v"])):
+        want = quantize(new.reshape(b, kvh, 1, d), s)[:, :, 0]
+        assert np.array_equal(written[:, :, past], want)
+    assert np.array_equal(pk[:, :, :past], cache["k"][:, :, :past])
+    keys, values = dequantize(pk, scales["k"]), dequantize(pv, scales["v"])          # [B,KVH,C,D]
+    qh = q.reshape(b, h, d)
+    expect = np.empty_like(qh)
+    for r in range(b):
+        for head in range(h):
+            g = head // (h // kvh)
+            logits = keys[r, g] @ qh[r, head] / np.sqrt(d)
+            w = np.exp(logits - logits.max())
+            expect[r, head] = (w / w.sum()) @ values[r, g]
+    assert np.abs(out.reshape(b, h, d) - expect).max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def art(tiny_artifacts, tiny_dir, tmp_path_factory):
+    """The session's fp32 artifacts (copied) plus the int4 backbone with an int8 cache, made and validated by the
+    CLI as a user would."""
+    out = tmp_path_factory.mktemp("kv_cache") / "art"
+    shutil.copytree(tiny_artifacts[0], out, ignore=shutil.ignore_patterns("engines"))
+    assert main(["quantize", "--model", str(tiny_dir), "--artifacts", str(out), "--precision", "int4",
+                 "--graphs", "backbone", "--block-size", "32", "--kv-cache", "int8"]) == 0
+    return out
+
+
+def test_the_manifest_types_the_onnx_runtime_cache_int8_and_keeps_the_tensorrt_file_float(art, tiny_bundle):
+    manifest, layers = Manifest.load(art), tiny_bundle.config.backbone.num_layers
+    entry = manifest.entry("backbone", Precision.INT4)
+    ort_file = entry["deployments"]["onnxruntime"]
+    assert ort_file["kv_cache"]["dtype"] == "int8" and entry["validation"]["ok"]
+    assert len(ort_file["io_dtypes"]) == 6 * layers and set(ort_file["io_dtypes"].values()) == {"int8"}
+    assert manifest.spec("backbone", Precision.INT4, "onnxruntime").tensor("past_key.0").dtype == "int8"
+    assert manifest.spec("backbone", Precision.INT4).tensor("past_key.0").dtype == "float32"   # TensorRT, engines
+    types = {f: {v.name: v.type.tensor_type.elem_type for v in onnx.load(art / "int4" / f).graph.input}
+             for f in ("backbone.onnx", "backbone.trt.onnx")}
+    assert types["backbone.onnx"]["past_value.1"] == TensorProto.INT8
+    assert types["backbone.trt.onnx"]["past_value.1"] == TensorProto.FLOAT
+    scales = read_scales(art / "int4" / "backbone.onnx")
+    bb = tiny_bundle.config.backbone
+    assert sorted(scales) == sorted(f"past_{k}.{i}" for k in ("key", "value") for i in range(layers))
+    assert all(s.shape == (bb.num_kv_heads * bb.head_dim,) and (s > 0).all() for s in scales.values())
+    assert not read_scales(art / "fp32" / "backbone.onnx")
+
+
+def test_levels_1_to_3_meet_the_int4_bounds_through_the_int8_cache(art, tiny_bundle):
+    from nextstep_trt.runtime.api import open_backend
+    from nextstep_trt.runtime.reference import LiveReference
+    from nextstep_trt.runtime.verify import verify_backend
+
+    reference = CachedReference(LiveReference(tiny_bundle, Manifest.load(art).profile))
+    with open_backend("onnxruntime", artifacts=art, precision="int4") as backend:
+        report = verify_backend(backend, reference, "int4", log=lambda *_: None)
+    assert report.ok, report.worst_per_graph().table()
+    assert {r.level for r in report.rows} == {1, 2, 3}
+    new_kv = [r.metrics.max_abs for r in report.rows
+              if r.level == 1 and r.metrics is not None and r.tensor.startswith("new_")]
+    assert new_kv and max(new_kv) > 1e-3                       # the K/V really went through int8 codes
+
+
+def _steps(backend, rng):
+    """A 4-token prefill of 2 rows (the second left-padded), then 3 decode steps; the conds [4,2,H]."""
+    d = backend.config.token_dim
+    ids, mask = rng.integers(0, 290, (2, 4)), np.array([[1, 1, 1, 1], [0, 1, 1, 1]])
+    backend.start(2, 12)
+    out = [backend.backbone(ids, np.zeros((2, 4, d), np.float32), np.zeros((2, 4), bool),
+                            np.maximum(np.cumsum(mask, 1) - 1, 0), mask)]
+    for k in range(3):
+        out.append(backend.backbone(ids[:, :1], np.zeros((2, 1, d), np.float32), np.zeros((2, 1), bool),
+                                    np.array([[4 + k], [3 + k]]), np.ones((2, 1), np.int64)))
+    return np.stack(out)
+
+
+def test_the_runtime_keeps_an_int8_cache_that_the_kernel_writes_in_place(art, monkeypatch):
+    """The cache is int8 codes close to the fp32 graph's K/V; with the cache's own copy of the new K/V switched
+    off, the conds are unchanged: the kernel itself stored them, in int8, through the in-place binding."""
+    from nextstep_trt.runtime.api import open_backend
+    from nextstep_trt.runtime.backend import HostKVCache
+
+    with open_backend("onnxruntime", artifacts=art, precision="fp32") as b32:
+        fp32 = _steps(b32, np.random.default_rng(0))
+        cache32 = {n: a.copy() for n, a in b32.cache.buffers.items()}
+    with open_backend("onnxruntime", artifacts=art, precision="int4") as b4:
+        int4 = _steps(b4, np.random.default_rng(0))
+        scales = read_scales(art / "int4" / "backbone.onnx")
+        assert b4.cache.dtype == np.int8 and all(a.dtype == np.int8 for a in b4.cache.buffers.values())
+        for name, codes in b4.cache.buffers.items():
+            want, got = cache32[name][:, :, :7], dequantize(codes, scales[name])[:, :, :7]
+            assert np.linalg.norm(got - want) <= 0.1 * np.linalg.norm(want), name
+            assert np.abs(codes).max() <= QMAX and np.abs(codes).max() > QMAX / HEADROOM / 4, name
+    cos = (fp32 * int4).sum(-1) / np.linalg.norm(fp32, axis=-1) / np.linalg.norm(int4, axis=-1)
+    assert cos.min() > 0.99 and not np.allclose(fp32, int4, atol=1e-4)
+
+    def mask_only(self, outputs, token_mask):             # the mask and position advance, no K/V is stored
+        s = token_mask.shape[1]
+        self.mask[:, self.pos:self.pos + s] = token_mask
+        self.pos += s
+
+    monkeypatch.setattr(HostKVCache, "write", mask_only)
+    with open_backend("onnxruntime", artifacts=art, precision="int4") as b4:
+        assert np.array_equal(_steps(b4, np.random.default_rng(0)), int4)
+
+
+def test_the_bench_step_reads_a_quarter_of_the_cache_bytes(art, tiny_dir):
+    from nextstep_trt.bench.steps import StepGraph, StepOptions, time_decode_steps
+    from nextstep_trt.ref.config import load_config
+
+    cfg = load_config(tiny_dir)
+    graphs = [StepGraph(f"ours {p}", "ours", p, art / p / "backbone.onnx", cfg) for p in ("fp32", "int4")]
+    cells = time_decode_steps(graphs, StepOptions(pasts=(9,), rounds=1, steps=1), 10.0, None)
+    fp32, int4 = cells[0].get("ours", "fp32"), cells[0].get("ours", "int4")
+    assert int4.kv_bytes * 4 == fp32.kv_bytes > 0
+    assert 0.99 < int4.cosine < 1.0
+
+
+@pytest.mark.parametrize("flags,said", [
+    (["--precision", "fp8", "--kv-cache", "int8"], "applies to --precision int8 or int4"),
+    (["--precision", "int4", "--kv-cache", "int8", "--low-memory"], "--kv-cache int8 does not go with --low-memory"),
+    (["--precision", "int4", "--kv-cache", "int8", "--graphs", "head_step"], "applies to the backbone graph"),
+])
+def test_misuse_is_one_line_and_exit_2(art, tiny_dir, capsys, flags, said):
+    before = (art / "manifest.json").read_text()
+    code = main(["quantize", "--model", str(tiny_dir), "--artifacts", str(art), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and said in err, err
+    assert (art / "manifest.json").read_text() == before
