@@ -11,11 +11,16 @@ has no lm_head either; it adds the image_out_projector, which the comparison app
 ``accuracy_level``/``block_size`` (the builder's current names; ``int4_accuracy_level`` is a deprecated alias) set
 its MatMulNBits quantization: level 4 = int8 activations, blocks of 32 weights along the input dimension.
 Builds are cached under ``ART/peer/<model fingerprint>-genai<version>-b<block>-acc<level>/<precision>/``, written
-to a scratch folder and renamed into place; a cached build is reused when its ``model.onnx`` is there.
+to a scratch folder and renamed into place; a cached build is reused when its ``model.onnx`` is there. When our
+graph of a precision keeps an int8 KV cache (``quantize --kv-cache int8``), the peer's build of that precision gets
+the same cache: ``kv_cache_quant_scheme=int8_per_channel`` with our scales as its ``kv_cache_scale_file``
+(``<precision>-kv8-<scales digest>/``), so the two still differ only in how they run the same numbers.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -23,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from nextstep_trt.core.errors import UserError
-from nextstep_trt.core.fileio import atomic_dir
+from nextstep_trt.core.fileio import atomic_dir, write_json
 from nextstep_trt.core.resources import versions
 from nextstep_trt.ref.config import load_config
 
@@ -59,11 +66,31 @@ def peer_root(artifacts: Path, model_dir: Path, opts: PeerOptions) -> Path:
     return Path(artifacts) / "peer" / key
 
 
-def builder_command(hf: Path, out: Path, cache: Path, precision: str, opts: PeerOptions) -> list[str]:
-    """The builder's command line for one precision."""
+def kv_scale_file(artifacts: Path, scales: dict[str, np.ndarray], num_layers: int) -> Path:
+    """Our int8 cache's scales (``export/ort_kvcache.read_scales``) in the builder's ``kv_cache_scale_file`` format
+    (per layer a [KVH*D] list; no ``qmax``: used as they are), under ``ART/peer/`` named by their content."""
+    data = {"scales": {f"{k}_scales": [scales[f"past_{kind}.{i}"].tolist() for i in range(num_layers)]
+                       for k, kind in (("k", "key"), ("v", "value"))}}
+    digest = hashlib.sha256(json.dumps(data).encode()).hexdigest()[:12]
+    path = Path(artifacts) / "peer" / f"kv-scales-{digest}.json"
+    if not path.is_file():
+        write_json(path, data)
+    return path
+
+
+def build_name(precision: str, kv_scales: Path | None) -> str:
+    """The cache folder of one build: the precision, and with our int8 cache's scales ``-kv8-<their digest>``."""
+    return f"{precision}-kv8-{kv_scales.stem.rsplit('-', 1)[-1]}" if kv_scales else precision
+
+
+def builder_command(hf: Path, out: Path, cache: Path, precision: str, opts: PeerOptions,
+                    kv_scales: Path | None = None) -> list[str]:
+    """The builder's command line for one precision (with ``kv_scales``: an int8 per-channel KV cache)."""
     extra = ["exclude_lm_head=true"]
     if precision in ("int4", "int8"):
         extra += [f"accuracy_level={opts.accuracy_level}", f"block_size={opts.block_size}"]
+    if kv_scales:
+        extra += ["kv_cache_quant_scheme=int8_per_channel", f"kv_cache_scale_file={kv_scales}"]
     return [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out), "-p", precision,
             "-e", "cpu", "-c", str(cache), "--extra_options", *extra]
 
@@ -78,26 +105,29 @@ def _run_builder(cmd: list[str], log_file: Path, precision: str) -> None:
 
 
 def build_peer(model_dir: str | Path, artifacts: str | Path, precision: str, opts: PeerOptions = PeerOptions(),
-               log: Callable[[str], None] = print) -> Path:
-    """The peer's ``model.onnx`` for ``precision``: from the cache, or converted and built now."""
+               log: Callable[[str], None] = print, kv_scales: Path | None = None) -> Path:
+    """The peer's ``model.onnx`` for ``precision`` (``kv_scales``: with that int8 cache): from the cache, or
+    converted and built now."""
     if not peer_installed():
         raise UserError("the peer needs onnxruntime-genai: pip install 'nextstep-trt[peer]'")
     if precision not in PEER_PRECISIONS:
         raise UserError(f"the peer's builder makes {', '.join(PEER_PRECISIONS)} on the CPU, not {precision}")
     model_dir = Path(model_dir)
     root = peer_root(Path(artifacts), model_dir, opts)
-    graph = root / precision / "model.onnx"
+    graph = root / build_name(precision, kv_scales) / "model.onnx"
     if graph.is_file():
         return graph
     from nextstep_trt.export.scratch import artifacts_lock
 
     with artifacts_lock(artifacts, log):          # the one-writer rule of the artifacts folder (export/scratch.py)
-        return _convert_and_build(model_dir, root, precision, opts, log)
+        return _convert_and_build(model_dir, root, precision, opts, log, kv_scales)
 
 
-def _convert_and_build(model_dir: Path, root: Path, precision: str, opts: PeerOptions, log) -> Path:
+def _convert_and_build(model_dir: Path, root: Path, precision: str, opts: PeerOptions, log,
+                       kv_scales: Path | None) -> Path:
     """Under the folder's lock: the HF folder (once), then the builder into a scratch folder renamed into place."""
-    graph = root / precision / "model.onnx"
+    name = build_name(precision, kv_scales)
+    graph = root / name / "model.onnx"
     if graph.is_file():                           # another run built it before this one took the lock
         return graph
     for stale in root.glob(".*.tmp") if root.is_dir() else ():
@@ -108,12 +138,12 @@ def _convert_and_build(model_dir: Path, root: Path, precision: str, opts: PeerOp
         info = write_hf_folder(model_dir, hf)
         if info["padded_rows"]:
             log(f"  peer: vocab padded {info['vocab_size']} -> {info['hf_vocab_size']} ({info['why_padded']})")
-    log(f"  peer: building onnxruntime-genai's {precision} graph (cached in {root / precision})")
-    with atomic_dir(root / precision) as tmp:
-        _run_builder(builder_command(hf, tmp, tmp / "cache", precision, opts), root / f"build-{precision}.log",
-                     precision)
+    log(f"  peer: building onnxruntime-genai's {name} graph (cached in {root / name})")
+    with atomic_dir(root / name) as tmp:
+        _run_builder(builder_command(hf, tmp, tmp / "cache", precision, opts, kv_scales), root / f"build-{name}.log",
+                     name)
         shutil.rmtree(tmp / "cache", ignore_errors=True)          # the builder's download cache: empty here
         if not (tmp / "model.onnx").is_file():
-            raise UserError(f"onnxruntime-genai's builder wrote no model.onnx for {precision} "
-                            f"(log {root / f'build-{precision}.log'})")
+            raise UserError(f"onnxruntime-genai's builder wrote no model.onnx for {name} "
+                            f"(log {root / f'build-{name}.log'})")
     return graph

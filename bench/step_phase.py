@@ -8,9 +8,10 @@ import numpy as np
 from nextstep_trt.core.errors import UserError
 from nextstep_trt.core.precision import Precision
 from nextstep_trt.core.tolerances import graph_bound
+from nextstep_trt.export.ort_kvcache import read_scales
 from nextstep_trt.ref.weights import iter_shard_tensors, shard_files
 
-from .peer import build_peer, peer_installed, peer_precisions
+from .peer import build_peer, kv_scale_file, peer_installed, peer_precisions
 from .results import BenchReport
 from .steps import StepGraph, StepOptions, time_decode_steps
 
@@ -37,6 +38,13 @@ def our_graphs(manifest, precisions: list[str], threads: int) -> tuple[list[Step
     return graphs, notes
 
 
+def our_cache_scales(manifest, precision: str) -> dict:
+    """The int8 cache scales of our backbone graph at ``precision`` ({}: a float cache, or no such graph)."""
+    if precision not in manifest.data["graphs"].get("backbone", {}).get("precisions", {}):
+        return {}
+    return read_scales(manifest.path("backbone", Precision(precision)))
+
+
 def peer_graphs(bench, manifest) -> tuple[list[StepGraph], dict]:
     """The peer's builds this run needs (cached under ART/peer/), or none and why."""
     o = bench.opts
@@ -47,12 +55,16 @@ def peer_graphs(bench, manifest) -> tuple[list[StepGraph], dict]:
     graphs, info = [], {"built": True, "precisions": [], "options": vars(o.peer_options).copy()}
     project = _projector(o.model)
     for p in peer_precisions(tuple(o.precisions)):
+        scales = our_cache_scales(manifest, p)
+        kv = kv_scale_file(o.artifacts, scales, manifest.config.backbone.num_layers) if scales else None
         try:
-            path = build_peer(o.model, o.artifacts, p, o.peer_options, log=bench.log)
+            path = build_peer(o.model, o.artifacts, p, o.peer_options, log=bench.log, kv_scales=kv)
         except UserError as err:
             info.setdefault("failed", {})[p] = str(err)
             continue
-        graphs.append(StepGraph(f"peer {p}", "peer", p, path, manifest.config, o.threads, project))
+        if kv:
+            info.setdefault("kv_cache", {})[p] = f"int8 per channel, our scales ({kv.name})"
+        graphs.append(StepGraph(f"peer {p}", "peer", p, path, manifest.config, o.threads, project, scales))
         info["precisions"].append(p)
         info.setdefault("graphs", {})[p] = str(path)
     return graphs, info

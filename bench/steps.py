@@ -43,17 +43,19 @@ class StepOptions:
 
 class StepGraph:
     """One backbone graph at a decode step. ``source`` is "ours" (output: cond) or "peer" (output: the final
-    hidden state, mapped to cond by ``project``, our image_out_projector, so both compare on the same tensor)."""
+    hidden state, mapped to cond by ``project``, our image_out_projector, so both compare on the same tensor).
+    ``scales`` ({past_key.i: [KVH*D]}) quantize the shared past for a graph with an int8 cache; by default an
+    int8-cache graph of ours brings its own (``export/ort_kvcache.py``)."""
 
     def __init__(self, label: str, source: str, precision: str, path: Path, cfg: NextStepConfig, threads: int = 0,
-                 project: Callable[[np.ndarray], np.ndarray] | None = None):
+                 project: Callable[[np.ndarray], np.ndarray] | None = None, scales: dict | None = None):
         from nextstep_trt.export.ort_session import make_session
 
         self.label, self.source, self.precision, self.path, self.cfg = label, source, precision, Path(path), cfg
         self.session = make_session(path, threads=threads)
         self.project = project
         self.weight_bytes = graph_stream_bytes(path)
-        self.scales = read_scales(path) if source == "ours" else {}     # an int8 cache: its per-layer scales
+        self.scales = read_scales(path) if scales is None else scales   # an int8 cache: its per-layer scales
         self.kv_bytes = 0                                               # past K/V the step reads (set by bind)
         self._binding, self._out, self._keep = None, None, []
 

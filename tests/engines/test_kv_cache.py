@@ -179,3 +179,27 @@ def test_misuse_is_one_line_and_exit_2(art, tiny_dir, capsys, flags, said):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and said in err, err
     assert (art / "manifest.json").read_text() == before
+
+
+def test_the_peer_gets_the_same_int8_cache_and_computes_the_same_step(art, tiny_dir):
+    """onnxruntime-genai's int4 build with our scales as its kv_cache_scale_file: an int8 cache like ours (same
+    bytes read), the same cond within the int4 bound of each other; the fp32 peer build keeps a float cache."""
+    pytest.importorskip("onnxruntime_genai")                     # the `peer` extra (part of `full`)
+    from nextstep_trt.bench.peer import PeerOptions, build_peer, kv_scale_file
+    from nextstep_trt.bench.step_phase import _projector, our_cache_scales
+    from nextstep_trt.bench.steps import StepGraph, StepOptions, time_decode_steps
+
+    manifest = Manifest.load(art)
+    cfg, scales = manifest.config, our_cache_scales(manifest, "int4")
+    assert scales and not our_cache_scales(manifest, "fp32") and not our_cache_scales(manifest, "int8")
+    kv = kv_scale_file(art, scales, cfg.backbone.num_layers)
+    assert kv_scale_file(art, scales, cfg.backbone.num_layers) == kv                 # named by content
+    path = build_peer(tiny_dir, art, "int4", PeerOptions(), log=lambda *_: None, kv_scales=kv)
+    assert path.parent.name == f"int4-{kv.stem.replace('kv-scales', 'kv8')}"
+    types = {i.name: i.type.tensor_type.elem_type for i in onnx.load(path, load_external_data=False).graph.input}
+    assert types["past_key_values.0.key"] == TensorProto.INT8
+    graphs = [StepGraph("ours int4", "ours", "int4", art / "int4" / "backbone.onnx", cfg),
+              StepGraph("peer int4", "peer", "int4", path, cfg, project=_projector(tiny_dir), scales=scales)]
+    cell = time_decode_steps(graphs, StepOptions(pasts=(9,), rounds=1, steps=1), 10.0, None)[0]
+    ours, peer = cell.get("ours", "int4"), cell.get("peer", "int4")
+    assert peer.kv_bytes == ours.kv_bytes > 0 and peer.cosine > 0.99
