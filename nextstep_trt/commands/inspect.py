@@ -50,10 +50,20 @@ def _read_manifest(path: str, graph: str | None, onnx_file: str) -> tuple[object
 
 
 def _io_dtypes(root: Path, entry: dict, onnx_file: Path) -> dict:
-    """The precision entry's ``io_dtypes`` for the file being inspected ({} when it is not listed)."""
+    """The I/O dtypes the manifest gives the file being inspected: its precision entry's ``io_dtypes``, and for one
+    of an int4/int8 entry's two deployment files that file's own (an int8 KV cache); {} when it is not listed."""
+    from nextstep_trt.export.manifest import deployment_io_dtypes
+
+    def same(rel) -> bool:
+        return isinstance(rel, str) and (root / rel).resolve() == onnx_file.resolve()
+
     for record in (entry.get("precisions") or {}).values():
-        if isinstance(record, dict) and "file" in record and (root / record["file"]).resolve() == onnx_file.resolve():
-            return record.get("io_dtypes") or {}
+        if not isinstance(record, dict):
+            continue
+        files = {name: d.get("file") for name, d in (record.get("deployments") or {}).items() if isinstance(d, dict)}
+        which = next((name for name, rel in files.items() if same(rel)), None)
+        if which or same(record.get("file")):
+            return (record.get("io_dtypes") or {}) | deployment_io_dtypes(record, which)
     return {}
 
 

@@ -203,3 +203,12 @@ def test_the_peer_gets_the_same_int8_cache_and_computes_the_same_step(art, tiny_
     cell = time_decode_steps(graphs, StepOptions(pasts=(9,), rounds=1, steps=1), 10.0, None)[0]
     ours, peer = cell.get("ours", "int4"), cell.get("peer", "int4")
     assert peer.kv_bytes == ours.kv_bytes > 0 and peer.cosine > 0.99
+
+
+@pytest.mark.parametrize("file,dtype", [("backbone.onnx", "int8"), ("backbone.trt.onnx", "float32")])
+def test_inspect_lints_each_deployment_file_against_its_own_cache_type(art, capsys, file, dtype):
+    code = main(["inspect", str(art / "int4" / file), "--manifest", str(art / "manifest.json"), "--graph",
+                 "backbone"])
+    out = capsys.readouterr().out
+    past = next(line.split() for line in out.splitlines() if "past_value.1" in line)
+    assert code == 0 and past[2] == dtype and "lint: 0 error(s)" in out, out
