@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .metrics import Bound, compare
-from .precision import Precision
+from .precision import KVCache, Precision
 from .report import ParityReport, ParityRow
 from .tolerances import graph_bound
 
@@ -16,18 +16,19 @@ def parity_row(level: int, graph: str, precision: str, case: str, tensor: str, r
     return ParityRow(level, graph, precision, case, tensor, m, bound, bound.violations(m))
 
 
-def compare_level1(graph: str, precision: Precision, case: str, ref: dict, got: dict) -> ParityReport:
-    """Every output tensor of one graph call."""
+def compare_level1(graph: str, precision: Precision, case: str, ref: dict, got: dict,
+                   kv_cache: KVCache = KVCache.FP32) -> ParityReport:
+    """Every output tensor of one graph call (``kv_cache``: the graph's cache type picks its bounds)."""
     return ParityReport([parity_row(1, graph, Precision(precision).value, case, name, ref[name], got[name],
-                               graph_bound(graph, precision, name)) for name in ref])
+                               graph_bound(graph, precision, name, kv_cache)) for name in ref])
 
 
-def check_level1(graph: str, precision: Precision, cases, run) -> ParityReport:
+def check_level1(graph: str, precision: Precision, cases, run, kv_cache: KVCache = KVCache.FP32) -> ParityReport:
     """Every (label, inputs, reference outputs) case of one graph through ``run(inputs)``, then the per-tensor means
     its bounds ask for (export validation and ``verify`` both check level 1 through here)."""
     report = ParityReport()
     for label, feeds, ref in cases:
-        report.extend(compare_level1(graph, precision, label, ref, run(feeds)))
+        report.extend(compare_level1(graph, precision, label, ref, run(feeds), kv_cache))
     report.extend(level1_means(report))
     return report
 

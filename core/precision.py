@@ -25,3 +25,11 @@ class Precision(str, enum.Enum):
             return cls(value)
         except ValueError:
             raise UserError(f"unknown precision {value!r}; choose from {', '.join(p.value for p in cls)}") from None
+
+
+class KVCache(str, enum.Enum):
+    """What the ONNX Runtime backbone keeps its KV cache in: the graph's float type, or int8 codes with static
+    per-channel scales (``quantize --kv-cache int8``, export/ort_kvcache.py; an int4/int8 graph's option)."""
+
+    FP32 = "fp32"
+    INT8 = "int8"

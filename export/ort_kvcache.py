@@ -21,12 +21,13 @@ are int8 (the manifest's ``deployments.onnxruntime.io_dtypes``; the runtime allo
 """
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from nextstep_trt.core.precision import KVCache
 
 from .spec import kv_names
 
@@ -35,11 +36,6 @@ HEADROOM = 2.0                   # scale = HEADROOM * calibrated max |x| / QMAX 
 SCALE_NAME = "kv_cache/{kind}_scale.{layer}"
 KINDS = ("key", "value")
 GQA_SCALE_INPUTS = 12            # GroupQueryAttention's k_scale, v_scale input slots (com.microsoft, ORT >= 1.23)
-
-
-class KVCache(str, enum.Enum):
-    FP32 = "fp32"
-    INT8 = "int8"
 
 
 def cache_tensors(num_layers: int) -> list[str]:

@@ -8,7 +8,7 @@ import numpy as np
 
 from nextstep_trt.core.level1 import check_level1
 from nextstep_trt.core.tolerances import has_mean_bound
-from nextstep_trt.core.precision import Precision
+from nextstep_trt.core.precision import KVCache, Precision
 from nextstep_trt.core.report import ParityReport
 from nextstep_trt.export.ort_session import make_session
 from nextstep_trt.ref.checkpoint import ModelBundle
@@ -35,13 +35,14 @@ def ort_runner(onnx_path: Path, spec: GraphSpec) -> Runner:
 
 def validate_graph(bundle: ModelBundle, spec: GraphSpec, run: Runner, profile: DeploymentProfile,
                    precision: Precision = Precision.FP32, seed: int = 0,
-                   progress: Callable[[str], None] | None = None) -> ParityReport:
+                   progress: Callable[[str], None] | None = None, kv_cache: KVCache = KVCache.FP32) -> ParityReport:
     """Run every validation case through ``run`` and the reference, one case at a time; one row per (case, output
-    tensor), then the per-tensor means the precision's bounds ask for. ``progress`` hears each case."""
+    tensor), then the per-tensor means the precision's bounds ask for (``kv_cache``: the graph's cache type, which
+    picks its bounds). ``progress`` hears each case."""
     def checked(feeds: dict) -> dict:
         spec.check_inputs(feeds)
         return {k: np.asarray(v).astype(np.float32) for k, v in run(feeds).items()}
 
     cases = COMPONENTS[spec.name].level1_references(bundle, spec, profile, np.random.default_rng(seed), progress,
                                                     redraw=has_mean_bound(spec.name, precision))
-    return check_level1(spec.name, precision, cases, checked)
+    return check_level1(spec.name, precision, cases, checked, kv_cache)

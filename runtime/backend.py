@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from nextstep_trt.core.errors import UserError
+from nextstep_trt.core.precision import KVCache
 from nextstep_trt.export.profile import SAMPLERS, guidance_of, sampler_of
 from nextstep_trt.export.spec import GraphSpec, kv_names
 from nextstep_trt.ref.config import NextStepConfig
@@ -95,9 +96,10 @@ class Backend(abc.ABC):
     def run(self, graph: str, feeds: Feeds) -> Feeds:
         """One call of one graph on host arrays."""
 
-    def level1_view(self, graph: str) -> tuple[GraphSpec, Callable[[Feeds], Feeds]]:
-        """The spec and the runner level 1 checks ``graph`` through: inputs and outputs in the reference's types."""
-        return self.spec(graph), lambda feeds: self.run(graph, feeds)
+    def level1_view(self, graph: str) -> tuple[GraphSpec, Callable[[Feeds], Feeds], KVCache]:
+        """The spec and the runner level 1 checks ``graph`` through (inputs and outputs in the reference's types),
+        and the cache type its bounds are for."""
+        return self.spec(graph), lambda feeds: self.run(graph, feeds), KVCache.FP32
 
     def has(self, graph: str) -> bool:
         return graph in self.specs

@@ -28,9 +28,9 @@ def verify_backend(backend: Backend, reference, precision: Precision, levels=(1,
         for graph in backend.specs:
             if at.get(graph, precision) != precision:
                 continue
-            spec, run = backend.level1_view(graph)
+            spec, run, cache = backend.level1_view(graph)
             report.extend(check_level1(graph, precision, reference.level1(spec, has_mean_bound(graph, precision)),
-                                       run))
+                                       run, cache))
             log(f"level 1: {graph} checked")
     for case in reference.cases() if {2, 3} & set(levels) else []:
         if 2 in levels:

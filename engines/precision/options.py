@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from nextstep_trt.core.errors import CheckFailed, UserError
-from nextstep_trt.core.precision import Precision
+from nextstep_trt.core.precision import KVCache, Precision
 from nextstep_trt.export.manifest import Manifest
-from nextstep_trt.export.ort_kvcache import KVCache
 
 from .blockquant import BLOCK_SIZES
 from .weightonly import Method

@@ -7,12 +7,12 @@ from pathlib import Path
 import onnx
 
 from nextstep_trt.core.errors import UserError
-from nextstep_trt.core.precision import Precision
+from nextstep_trt.core.precision import KVCache, Precision
 from nextstep_trt.core.resources import free_ram, size_text
 from nextstep_trt.core.report import ParityReport
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.export.ort_fusions import fuse_for_ort
-from nextstep_trt.export.ort_kvcache import KVCache, KVRangeCollector, quantize_cache, quantized_runner, read_scales
+from nextstep_trt.export.ort_kvcache import KVRangeCollector, quantize_cache, quantized_runner, read_scales
 from nextstep_trt.ref.checkpoint import ModelBundle
 
 from .autocast import autocast_need
@@ -121,8 +121,10 @@ def install_pair(bundle: ModelBundle, manifest: Manifest, graph: str, ort_model:
         if not opts.validate:
             return ParityReport()
         run = Runner(ort_model, opts.precision).run
-        return validate_graph(bundle, spec, quantized_runner(run, scales) if scales else run, manifest.profile,
-                              opts.precision)
+        if scales:
+            return validate_graph(bundle, spec, quantized_runner(run, scales), manifest.profile, opts.precision,
+                                  kv_cache=KVCache.INT8)
+        return validate_graph(bundle, spec, run, manifest.profile, opts.precision)
 
     sizes = manifest.data["graphs"][graph].get("export_sizes", {})
     return install_graph(spec, sizes, seconds, write, validate, opts.artifacts, manifest, opts.precision, extra,

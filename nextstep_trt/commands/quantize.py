@@ -68,7 +68,7 @@ def options(args):
     from nextstep_trt.core.precision import Precision
     from nextstep_trt.engines.precision.options import QuantizeOptions
     from nextstep_trt.engines.precision.weightonly import Method
-    from nextstep_trt.export.ort_kvcache import KVCache
+    from nextstep_trt.core.precision import KVCache
 
     precision = Precision.parse(args.precision)
     _check_flags(args, precision)
