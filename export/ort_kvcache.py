@@ -105,20 +105,22 @@ def quantize_cache(model: onnx.ModelProto, num_layers: int, scales: dict[tuple[s
         if vi.name in retyped:
             vi.type.tensor_type.elem_type = TensorProto.INT8
     return {"dtype": KVCache.INT8.value, "granularity": "per layer, per KV head and channel (static)",
-            "scales": f"max |x| / {QMAX} over the calibration's caches, in the graph as {SCALE_NAME}",
+            "scales": f"{HEADROOM:g} max |x| / {QMAX} over the calibration's caches, in the graph as {SCALE_NAME}",
             "io_dtypes": {n: "int8" for n in cache_tensors(num_layers)
                           if n in {v.name for v in list(model.graph.input) + list(model.graph.output)}}}
 
 
 def read_scales(model: onnx.ModelProto | str | Path) -> dict[str, np.ndarray]:
     """{past_key.i / past_value.i: its [KVH*D] scale} of a graph with an int8 cache; {} for a float cache."""
+    base = ""
     if not isinstance(model, onnx.ModelProto):
+        base = str(Path(model).parent)                   # a big graph keeps even its scales in its external data
         model = onnx.load(str(model), load_external_data=False)
     out = {}
     for t in model.graph.initializer:
         kind, _, layer = t.name.removeprefix("kv_cache/").partition("_scale.")
         if t.name.startswith("kv_cache/") and kind in KINDS:
-            out[f"past_{kind}.{layer}"] = numpy_helper.to_array(t)
+            out[f"past_{kind}.{layer}"] = numpy_helper.to_array(t, base)
     return out
 
 

@@ -239,3 +239,22 @@ def test_int8_weights_with_an_int8_cache_install_against_their_own_row(art, tiny
     assert code == 0 and entry["validation"]["ok"], out
     assert entry["validation"]["worst_rel_l2"] > 0.03                 # beyond the int8 weight-only row's rel-L2
     assert entry["deployments"]["onnxruntime"]["kv_cache"]["dtype"] == "int8"
+
+
+def test_scales_are_read_from_external_data_too(art, tmp_path):
+    """A big graph's scales (Large: 1,024 per layer and kind) go to its external data file with the weights."""
+    from onnx import numpy_helper
+
+    from nextstep_trt.export.exporter import save
+
+    model = onnx.load(art / "int4" / "backbone.onnx")
+    for t in model.graph.initializer:
+        if t.name.startswith("kv_cache/"):                    # Large-sized: over save()'s 1 KiB inline threshold
+            t.CopyFrom(numpy_helper.from_array(np.tile(numpy_helper.to_array(t), 16), t.name))
+    want = read_scales(model)
+    save(model, tmp_path / "backbone.onnx", external_data=True)
+    stored = onnx.load(tmp_path / "backbone.onnx", load_external_data=False)
+    assert all(t.data_location == TensorProto.EXTERNAL for t in stored.graph.initializer
+               if t.name.startswith("kv_cache/"))
+    got = read_scales(tmp_path / "backbone.onnx")
+    assert sorted(got) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want)
