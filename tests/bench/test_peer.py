@@ -164,5 +164,5 @@ def test_a_failing_build_is_one_line_leaves_no_scratch_and_frees_the_lock(tiny_d
     assert not list(root.glob(".*.tmp"))
     bench = SimpleNamespace(opts=SimpleNamespace(peer=True, model=tiny_dir, artifacts=art, precisions=("fp32",),
                                                  peer_options=PeerOptions(), threads=1), log=lambda *_: None)
-    graphs, info = step_phase.peer_graphs(bench, SimpleNamespace(config=None))
+    graphs, info = step_phase.peer_graphs(bench, SimpleNamespace(config=None, data={"graphs": {}}))
     assert graphs == [] and set(info["failed"]) == {"fp32", "int4"} and info["precisions"] == []
