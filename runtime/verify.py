@@ -20,7 +20,7 @@ def verify_backend(backend: Backend, reference, precision: Precision, levels=(1,
     """``reference`` offers level1(spec), cases(), level2(case), level3(case)."""
     precision = Precision(precision)
     report = ParityReport()
-    if precision is not Precision.FP32 and backend.name in CPU_BACKENDS:
+    if precision is not Precision.FP32 and not precision.weight_only and backend.name in CPU_BACKENDS:
         report.notes.append(CPU_BF16_NOTE if backend.name == "onnx-reference" else CPU_FP16_NOTE)
     report.notes += [f"note: {n}" for n in backend.notices]
     at = getattr(backend, "graph_precision", {})   # graphs without a graph at ``precision`` run at fp32

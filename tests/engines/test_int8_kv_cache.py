@@ -108,6 +108,7 @@ def test_levels_1_to_3_meet_the_int4_bounds_through_the_int8_cache(art, tiny_bun
         report = verify_backend(backend, reference, "int4", log=lambda *_: None)
     assert report.ok, report.worst_per_graph().table()
     assert {r.level for r in report.rows} == {1, 2, 3}
+    assert not [n for n in report.notes if "fp16" in n]              # int4 graphs have no fp16 ops to caveat
     new_kv = [r.metrics.max_abs for r in report.rows
               if r.level == 1 and r.metrics is not None and r.tensor.startswith("new_")]
     assert new_kv and max(new_kv) > 1e-3                       # the K/V really went through int8 codes
