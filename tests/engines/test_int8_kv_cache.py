@@ -259,3 +259,15 @@ def test_scales_are_read_from_external_data_too(art, tmp_path):
                if t.name.startswith("kv_cache/"))
     got = read_scales(tmp_path / "backbone.onnx")
     assert sorted(got) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want)
+
+
+def test_mark_intermediates_reads_the_int8_cache_and_compares_only_float_tensors(art, tiny_bundle):
+    from nextstep_trt.engines.precision.intermediates import worst_layers
+    from nextstep_trt.runtime.reference import LiveReference
+
+    manifest = Manifest.load(art)
+    (report,) = worst_layers(manifest, LiveReference(tiny_bundle, manifest.profile), Precision.INT4)
+    names = {n.name for n in onnx.load(art / "fp32" / "backbone.onnx").graph.node}
+    assert report.graph == "backbone" and report.worst.node in names and report.worst.metrics.rel_l2 > 1e-3
+    assert not [r for r in report.rows if r.tensor.startswith(("new_key", "new_value"))]    # int8 codes: skipped
+    assert all(np.isfinite(r.metrics.rel_l2) for r in report.rows)
