@@ -13,7 +13,6 @@ import onnx
 
 from nextstep_trt.core.metrics import Metrics, compare
 from nextstep_trt.core.precision import Precision
-
 from nextstep_trt.export.ort_kvcache import quantize_feeds, read_scales
 
 from .ranges import MARKED_BUDGET, Feeds, MarkedRunner, float_tensors

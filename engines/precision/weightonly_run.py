@@ -72,8 +72,7 @@ def quantize_weight_only(opts: QuantizeOptions, bundle: ModelBundle, manifest: M
         cache = quantize_cache(ort_model, bundle.config.backbone.num_layers, kv.scales()) if kv and fusions else None
         recipe["exclude"] = exclude
         if calibration is not None:
-            recipe["calibration"] = calibration | {"samples": grams[g].samples if g in grams else 0,
-                                                   "method": "block Gram matrices of each linear's activations"}
+            recipe["calibration"] = calibration | calibration_use(consumers.get(g, []))
         weights = {s.weight: matmul_weight(models[g], s) for s in sites}
         extra = {"recipe": recipe, "deployments": deployments(g, opts.precision, cfg, reason, trt_model,
                                                               fusions=fusions, kv_cache=cache)}
@@ -87,6 +86,14 @@ def quantize_weight_only(opts: QuantizeOptions, bundle: ModelBundle, manifest: M
 
     install_each(names, opts.precision, install, log)
     return records
+
+
+def calibration_use(consumers: list) -> dict:
+    """What one graph's calibration consumers kept: the input sets each saw, and what they computed from them."""
+    what = {GramCollector: "block Gram matrices of each linear's activations",
+            KVRangeCollector: "the KV cache's max |x| per layer, KV head and channel"}
+    return {"samples": max((c.samples for c in consumers), default=0),
+            "method": "; ".join(what[type(c)] for c in consumers) or "none (this graph was not calibrated)"}
 
 
 def kv_collector(opts: QuantizeOptions, bundle: ModelBundle, names: list[str],

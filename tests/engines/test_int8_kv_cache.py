@@ -84,6 +84,8 @@ def test_the_manifest_types_the_onnx_runtime_cache_int8_and_keeps_the_tensorrt_f
     entry = manifest.entry("backbone", Precision.INT4)
     ort_file = entry["deployments"]["onnxruntime"]
     assert ort_file["kv_cache"]["dtype"] == "int8" and entry["validation"]["ok"]
+    calibration = entry["recipe"]["calibration"]
+    assert calibration["samples"] > 10 and calibration["method"].startswith("the KV cache's max |x|")
     assert len(ort_file["io_dtypes"]) == 6 * layers and set(ort_file["io_dtypes"].values()) == {"int8"}
     assert manifest.spec("backbone", Precision.INT4, "onnxruntime").tensor("past_key.0").dtype == "int8"
     assert manifest.spec("backbone", Precision.INT4).tensor("past_key.0").dtype == "float32"   # TensorRT, engines
