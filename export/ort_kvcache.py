@@ -3,8 +3,9 @@
 The fused attention (``ort_attention.py``) runs ONNX Runtime's GroupQueryAttention, whose CPU kernel can keep the
 cache in int8 with one static scale per channel (``k_quant_type`` / ``v_quant_type`` = PER_CHANNEL,
 ``kv_cache_bit_width`` = 8): it quantizes the new keys and values as it writes them and reads the int8 cache
-directly. At a past of 1000 slots the bench preset's cache is 33 MB of fp32 per decode step against ~70 MB of
-int4 weights, so a 4x smaller cache is what moves a long decode step once the weights are int4.
+directly. At a past of 1000 slots the bench preset's cache is 33 MB of fp32 per decode step against 61 MB of
+weights (int4 and the layers kept fp32), so a 4x smaller cache is what moves a long decode step once the weights
+are int4.
 
 This is not weight-only: the cache is an activation. It is opt-in, for the ONNX Runtime file of an int4/int8
 graph only (the TensorRT file keeps its cache in the graph's float type), and the graph's contract changes where
