@@ -23,6 +23,7 @@ are int8 (the manifest's ``deployments.onnxruntime.io_dtypes``; the runtime allo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -36,6 +37,7 @@ QMAX = 127
 HEADROOM = 2.0                   # scale = HEADROOM * calibrated max |x| / QMAX (above)
 SCALE_NAME = "kv_cache/{kind}_scale.{layer}"
 KINDS = ("key", "value")
+Runner = Callable[[dict], dict]  # feeds -> outputs of one graph
 GQA_SCALE_INPUTS = 12            # GroupQueryAttention's k_scale, v_scale input slots (com.microsoft, ORT >= 1.23)
 
 
@@ -101,14 +103,13 @@ def quantize_cache(model: onnx.ModelProto, num_layers: int, scales: dict[tuple[s
         node.attribute.extend([helper.make_attribute("k_quant_type", "PER_CHANNEL"),
                                helper.make_attribute("v_quant_type", "PER_CHANNEL"),
                                helper.make_attribute("kv_cache_bit_width", 8)])
-    retyped = set(cache_tensors(num_layers))
-    for vi in list(model.graph.input) + list(model.graph.output):
-        if vi.name in retyped:
-            vi.type.tensor_type.elem_type = TensorProto.INT8
+    cache = set(cache_tensors(num_layers))
+    retyped = [vi for vi in list(model.graph.input) + list(model.graph.output) if vi.name in cache]
+    for vi in retyped:
+        vi.type.tensor_type.elem_type = TensorProto.INT8
     return {"dtype": KVCache.INT8.value, "granularity": "per layer, per KV head and channel (static)",
             "scales": f"{HEADROOM:g} max |x| / {QMAX} over the calibration's caches, in the graph as {SCALE_NAME}",
-            "io_dtypes": {n: "int8" for n in cache_tensors(num_layers)
-                          if n in {v.name for v in list(model.graph.input) + list(model.graph.output)}}}
+            "io_dtypes": {vi.name: "int8" for vi in retyped}}
 
 
 def read_scales(model: onnx.ModelProto | str | Path) -> dict[str, np.ndarray]:
@@ -130,7 +131,7 @@ def quantize_feeds(feeds: dict, scales: dict[str, np.ndarray]) -> dict:
     return {k: quantize(v, scales[k]) if k in scales else v for k, v in feeds.items()}
 
 
-def quantized_runner(run, scales: dict[str, np.ndarray]):
+def quantized_runner(run: Runner, scales: dict[str, np.ndarray]) -> Runner:
     """A float-cache runner (feeds -> outputs) in front of an int8-cache graph's ``run``: past_* quantized with the
     graph's scales on the way in, new_* / present_* dequantized on the way out -- for level 1 and the tools that
     feed the reference's float cache."""
@@ -139,8 +140,13 @@ def quantized_runner(run, scales: dict[str, np.ndarray]):
         return scales[f"past_{role_kind.split('_', 1)[1]}.{layer}"]
 
     def wrapped(feeds: dict) -> dict:
-        out = run(quantize_feeds(feeds, scales))
-        return {k: dequantize(np.asarray(v), layer_scale(k)) if np.asarray(v).dtype == np.int8 else v
-                for k, v in out.items()}
+        out = {k: np.asarray(v) for k, v in run(quantize_feeds(feeds, scales)).items()}
+        return {k: dequantize(v, layer_scale(k)) if v.dtype == np.int8 else v for k, v in out.items()}
 
     return wrapped
+
+
+def level1_runner(run: Runner, scales: dict[str, np.ndarray]) -> tuple[Runner, KVCache]:
+    """(runner, cache type) that level 1 checks a graph through: ``run`` itself for a float cache; for a graph with
+    an int8 cache (its ``scales``) ``quantized_runner``, whose bounds are the int8 cache's rows."""
+    return (quantized_runner(run, scales), KVCache.INT8) if scales else (run, KVCache.FP32)

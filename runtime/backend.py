@@ -46,9 +46,12 @@ class HostKVCache:
         shape = (rows, bb.num_kv_heads, capacity, bb.head_dim)
         self.names = kv_names("past_key", bb.num_layers) + kv_names("past_value", bb.num_layers)
         self.buffers = {n: np.zeros(shape, dtype=dtype) for n in self.names}
-        self.dtype = np.dtype(dtype)
         self.mask = np.zeros((rows, capacity), dtype=np.int64)
         self.pos = 0
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.buffers[self.names[0]].dtype
 
     @property
     def capacity(self) -> int:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nextstep_trt.core.precision import KVCache, Precision
+from nextstep_trt.core.precision import Precision
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.export.ort_attention import continues_cache, in_place_outputs, run_rows
-from nextstep_trt.export.ort_kvcache import quantized_runner, read_scales
+from nextstep_trt.export.ort_kvcache import level1_runner, read_scales
 from nextstep_trt.export.ort_session import make_session
 from nextstep_trt.ref.weights import head_shapes
 
@@ -67,11 +67,10 @@ class OrtBackend(Backend):
     def level1_view(self, graph: str):
         """An int8-cache backbone is checked as the reference runs: its float cache quantized with the graph's
         scales on the way in, the new K/V dequantized on the way out (``export/ort_kvcache.py``)."""
-        spec, run, cache = super().level1_view(graph)
-        scales = read_scales(self.manifest.path(graph, self.graph_precision[graph], verify=False))
-        if not scales:
-            return spec, run, cache
-        return self.manifest.spec(graph, self.graph_precision[graph]), quantized_runner(run, scales), KVCache.INT8
+        precision = self.graph_precision[graph]
+        run, cache = level1_runner(lambda feeds: self.run(graph, feeds),
+                                   read_scales(self.manifest.path(graph, precision, verify=False)))
+        return self.manifest.spec(graph, precision), run, cache
 
     def thread_counts(self) -> dict[str, int]:
         """Intra-op threads of each open session (0: ONNX Runtime's default, one per physical core)."""

@@ -12,7 +12,7 @@ from nextstep_trt.core.resources import free_ram, size_text
 from nextstep_trt.core.report import ParityReport
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.export.ort_fusions import fuse_for_ort
-from nextstep_trt.export.ort_kvcache import KVRangeCollector, quantize_cache, quantized_runner, read_scales
+from nextstep_trt.export.ort_kvcache import KVRangeCollector, level1_runner, quantize_cache, read_scales
 from nextstep_trt.ref.checkpoint import ModelBundle
 
 from .autocast import autocast_need
@@ -127,11 +127,8 @@ def install_pair(bundle: ModelBundle, manifest: Manifest, graph: str, ort_model:
         onnx.checker.check_model(str(path.with_name(f"{graph}{TENSORRT_SUFFIX}")), full_check=True)
         if not opts.validate:
             return ParityReport()
-        run = Runner(ort_model, opts.precision).run
-        if scales:
-            return validate_graph(bundle, spec, quantized_runner(run, scales), manifest.profile, opts.precision,
-                                  kv_cache=KVCache.INT8)
-        return validate_graph(bundle, spec, run, manifest.profile, opts.precision)
+        run, cache = level1_runner(Runner(ort_model, opts.precision).run, scales)
+        return validate_graph(bundle, spec, run, manifest.profile, opts.precision, kv_cache=cache)
 
     sizes = manifest.data["graphs"][graph].get("export_sizes", {})
     return install_graph(spec, sizes, seconds, write, validate, opts.artifacts, manifest, opts.precision, extra,

@@ -65,10 +65,9 @@ def _check_flags(args, precision) -> None:
 
 def options(args):
     """The QuantizeOptions the flags ask for."""
-    from nextstep_trt.core.precision import Precision
+    from nextstep_trt.core.precision import KVCache, Precision
     from nextstep_trt.engines.precision.options import QuantizeOptions
     from nextstep_trt.engines.precision.weightonly import Method
-    from nextstep_trt.core.precision import KVCache
 
     precision = Precision.parse(args.precision)
     _check_flags(args, precision)

@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 from test_precision_graphs import CachedReference
+from test_weight_only import backbone_steps, store_no_kv
 
 from nextstep_trt.cli import main
 from nextstep_trt.core.precision import Precision
@@ -116,30 +117,16 @@ def test_levels_1_to_3_meet_the_int4_bounds_through_the_int8_cache(art, tiny_bun
     assert new_kv and max(new_kv) > 1e-3                       # the K/V really went through int8 codes
 
 
-def _steps(backend, rng):
-    """A 4-token prefill of 2 rows (the second left-padded), then 3 decode steps; the conds [4,2,H]."""
-    d = backend.config.token_dim
-    ids, mask = rng.integers(0, 290, (2, 4)), np.array([[1, 1, 1, 1], [0, 1, 1, 1]])
-    backend.start(2, 12)
-    out = [backend.backbone(ids, np.zeros((2, 4, d), np.float32), np.zeros((2, 4), bool),
-                            np.maximum(np.cumsum(mask, 1) - 1, 0), mask)]
-    for k in range(3):
-        out.append(backend.backbone(ids[:, :1], np.zeros((2, 1, d), np.float32), np.zeros((2, 1), bool),
-                                    np.array([[4 + k], [3 + k]]), np.ones((2, 1), np.int64)))
-    return np.stack(out)
-
-
 def test_the_runtime_keeps_an_int8_cache_that_the_kernel_writes_in_place(art, monkeypatch):
     """The cache is int8 codes close to the fp32 graph's K/V; with the cache's own copy of the new K/V switched
     off, the conds are unchanged: the kernel itself stored them, in int8, through the in-place binding."""
     from nextstep_trt.runtime.api import open_backend
-    from nextstep_trt.runtime.backend import HostKVCache
 
     with open_backend("onnxruntime", artifacts=art, precision="fp32") as b32:
-        fp32 = _steps(b32, np.random.default_rng(0))
+        fp32 = backbone_steps(b32)
         cache32 = {n: a.copy() for n, a in b32.cache.buffers.items()}
     with open_backend("onnxruntime", artifacts=art, precision="int4") as b4:
-        int4 = _steps(b4, np.random.default_rng(0))
+        int4 = backbone_steps(b4)
         scales = read_scales(art / "int4" / "backbone.onnx")
         assert b4.cache.dtype == np.int8 and all(a.dtype == np.int8 for a in b4.cache.buffers.values())
         for name, codes in b4.cache.buffers.items():
@@ -149,14 +136,9 @@ def test_the_runtime_keeps_an_int8_cache_that_the_kernel_writes_in_place(art, mo
     cos = (fp32 * int4).sum(-1) / np.linalg.norm(fp32, axis=-1) / np.linalg.norm(int4, axis=-1)
     assert cos.min() > 0.99 and not np.allclose(fp32, int4, atol=1e-4)
 
-    def mask_only(self, outputs, token_mask):             # the mask and position advance, no K/V is stored
-        s = token_mask.shape[1]
-        self.mask[:, self.pos:self.pos + s] = token_mask
-        self.pos += s
-
-    monkeypatch.setattr(HostKVCache, "write", mask_only)
+    store_no_kv(monkeypatch)
     with open_backend("onnxruntime", artifacts=art, precision="int4") as b4:
-        assert np.array_equal(_steps(b4, np.random.default_rng(0)), int4)
+        assert np.array_equal(backbone_steps(b4), int4)
 
 
 def test_the_bench_step_reads_a_quarter_of_the_cache_bytes(art, tiny_dir):

@@ -227,36 +227,45 @@ def test_generate_runs_the_int4_graphs_on_onnx_runtime(art, tiny_dir, tmp_path, 
     assert "no fused sampler" not in said                 # the int4 head_sampler ran, not the head_step loop
 
 
+def backbone_steps(backend) -> np.ndarray:
+    """cond [4,2,H] of a 4-token prefill and 3 decode steps (2 rows, the second with a left pad)."""
+    d, rng = backend.config.token_dim, np.random.default_rng(0)
+    ids, mask = rng.integers(0, 290, (2, 4)), np.array([[1, 1, 1, 1], [0, 1, 1, 1]])
+    backend.start(2, 12)
+    out = [backend.backbone(ids, np.zeros((2, 4, d), np.float32), np.zeros((2, 4), bool),
+                            np.maximum(np.cumsum(mask, 1) - 1, 0), mask)]
+    for k in range(3):
+        out.append(backend.backbone(ids[:, :1], np.zeros((2, 1, d), np.float32), np.zeros((2, 1), bool),
+                                    np.array([[4 + k], [3 + k]]), np.ones((2, 1), np.int64)))
+    return np.stack(out)
+
+
 def _conds(art, precision: str) -> np.ndarray:
-    """cond of a 4-token prefill and 3 decode steps (2 rows, the second with a left pad) on the ORT backend."""
+    """``backbone_steps`` on the ORT backend at ``precision``."""
     from nextstep_trt.runtime.api import open_backend
 
     with open_backend("onnxruntime", artifacts=art, precision=precision) as b:
-        d, rng = b.config.token_dim, np.random.default_rng(0)
-        ids, mask = rng.integers(0, 290, (2, 4)), np.array([[1, 1, 1, 1], [0, 1, 1, 1]])
-        b.start(2, 12)
-        out = [b.backbone(ids, np.zeros((2, 4, d), np.float32), np.zeros((2, 4), bool),
-                          np.maximum(np.cumsum(mask, 1) - 1, 0), mask)]
-        for k in range(3):
-            out.append(b.backbone(ids[:, :1], np.zeros((2, 1, d), np.float32), np.zeros((2, 1), bool),
-                                  np.array([[4 + k], [3 + k]]), np.ones((2, 1), np.int64)))
-        return np.stack(out)
+        return backbone_steps(b)
+
+
+def store_no_kv(monkeypatch) -> None:
+    """From now on the runtime's cache advances its mask and position but stores no K/V of its own."""
+    from nextstep_trt.runtime.backend import HostKVCache
+
+    def mask_only(self, outputs, token_mask):
+        s = token_mask.shape[1]
+        self.mask[:, self.pos:self.pos + s] = token_mask
+        self.pos += s
+
+    monkeypatch.setattr(HostKVCache, "write", mask_only)
 
 
 def test_int4_backbone_writes_the_cache_in_place(art, monkeypatch):
     """The runtime binds the fused attention's present_* outputs to its cache buffers, so the kernel itself stores
     each step's K/V: with the cache's own copy of the new K/V switched off, the int4 conds are unchanged, while the
     fp32 graph (no fused attention) goes wrong, so the check can fail."""
-    from nextstep_trt.runtime.backend import HostKVCache
-
     base = {p: _conds(art, p) for p in ("int4", "fp32")}
-
-    def mask_only(self, outputs, token_mask):             # the mask and position advance, no K/V is stored
-        s = token_mask.shape[1]
-        self.mask[:, self.pos:self.pos + s] = token_mask
-        self.pos += s
-
-    monkeypatch.setattr(HostKVCache, "write", mask_only)
+    store_no_kv(monkeypatch)
     fusions = Manifest.load(art).entry("backbone", Precision.INT4)["deployments"]["onnxruntime"]["fusions"]
     assert fusions["attention"]["layers"] == fusions["biases_in_matmulnbits"] == 2           # q/k/v bias folded
     assert np.array_equal(_conds(art, "int4"), base["int4"])
