@@ -9,7 +9,9 @@ folder (``hf_folder.py``) and runs Microsoft's model builder on it once per prec
 ``exclude_lm_head`` makes the graph end at the final-normed hidden state, the work our decode step does (our graph
 has no lm_head either; it adds the image_out_projector, which the comparison applies to the peer's output).
 ``accuracy_level``/``block_size`` (the builder's current names; ``int4_accuracy_level`` is a deprecated alias) set
-its MatMulNBits quantization: level 4 = int8 activations, blocks of 32 weights along the input dimension.
+its MatMulNBits quantization (level 4 = int8 activations; blocks of weights along the input dimension): by default
+those of our graph of the same precision (its recipe's block, its ONNX Runtime deployment's level), so the two
+differ only in kernels; else block 32 at level 4.
 Builds are cached under ``ART/peer/<model fingerprint>-genai<version>-b<block>-acc<level>/<precision>/``, written
 to a scratch folder and renamed into place; a cached build is reused when its ``model.onnx`` is there. When our
 graph of a precision keeps an int8 KV cache (``quantize --kv-cache int8``), the peer's build of that precision gets
@@ -41,10 +43,21 @@ GENAI = "onnxruntime-genai"
 PEER_PRECISIONS = ("fp32", "int8", "int4")          # what the builder makes for the CPU execution provider
 
 
+DEFAULT_LEVEL, DEFAULT_BLOCK = 4, 32
+
+
 @dataclass(frozen=True)
 class PeerOptions:
-    accuracy_level: int = 4
-    block_size: int = 32
+    """The peer's MatMulNBits quantization; None: as our graph of the same precision (``matching``)."""
+
+    accuracy_level: int | None = None
+    block_size: int | None = None
+
+    def matching(self, ours: dict) -> "PeerOptions":
+        """Every unset option from ``ours`` (our graph's {"block_size", "accuracy_level"}), else the defaults."""
+        level = self.accuracy_level if self.accuracy_level is not None else ours.get("accuracy_level")
+        block = self.block_size if self.block_size is not None else ours.get("block_size")
+        return PeerOptions(DEFAULT_LEVEL if level is None else level, DEFAULT_BLOCK if block is None else block)
 
 
 def peer_installed() -> bool:
@@ -61,7 +74,7 @@ def peer_precisions(asked: tuple[str, ...]) -> tuple[str, ...]:
 
 def peer_root(artifacts: Path, model_dir: Path, opts: PeerOptions) -> Path:
     """The cache folder of this model, builder version and quantization settings."""
-    version = versions((GENAI,)).get(GENAI, "unknown")
+    version, opts = versions((GENAI,)).get(GENAI, "unknown"), opts.matching({})
     key = f"{load_config(model_dir).fingerprint()}-genai{version}-b{opts.block_size}-acc{opts.accuracy_level}"
     return Path(artifacts) / "peer" / key
 
@@ -112,7 +125,7 @@ def build_peer(model_dir: str | Path, artifacts: str | Path, precision: str, opt
         raise UserError("the peer needs onnxruntime-genai: pip install 'nextstep-trt[peer]'")
     if precision not in PEER_PRECISIONS:
         raise UserError(f"the peer's builder makes {', '.join(PEER_PRECISIONS)} on the CPU, not {precision}")
-    model_dir = Path(model_dir)
+    model_dir, opts = Path(model_dir), opts.matching({})
     root = peer_root(Path(artifacts), model_dir, opts)
     graph = root / build_name(precision, kv_scales) / "model.onnx"
     if graph.is_file():

@@ -60,8 +60,11 @@ def _peer(report: BenchReport) -> list[Target]:
             why = report.peer.get("why") or ("no int4 graph of ours" if ours is None else "no peer int4 build")
             out.append(Target(name, None, 1.0, "x", None, f"({why})"))
         else:
+            q = report.peer.get("options", {}).get("int4", {})
+            built = f"block {q['block_size']}, level {q['accuracy_level']}; " if q else ""
             out.append(Target.measured(name, ours.speedup_over(peer), 1.0, "x",
-                                       f"(peer {peer.ms:.2f} ms vs ours {ours.ms:.2f} ms; peer/ours paired by round)"))
+                                       f"(peer {peer.ms:.2f} ms vs ours {ours.ms:.2f} ms; {built}peer/ours paired by "
+                                       "round)"))
     return out
 
 

@@ -45,6 +45,14 @@ def our_cache_scales(manifest, precision: str) -> dict:
     return read_scales(manifest.path("backbone", Precision(precision)))
 
 
+def our_quantization(manifest, precision: str) -> dict:
+    """{"block_size", "accuracy_level"} of our backbone graph at ``precision`` ({} for none, or a float graph)."""
+    entry = manifest.data["graphs"].get("backbone", {}).get("precisions", {}).get(precision, {})
+    level = entry.get("deployments", {}).get("onnxruntime", {}).get("accuracy_level")
+    block = entry.get("recipe", {}).get("block_size")
+    return {k: v for k, v in (("block_size", block), ("accuracy_level", level)) if v is not None}
+
+
 def peer_graphs(bench, manifest) -> tuple[list[StepGraph], dict]:
     """The peer's builds this run needs (cached under ART/peer/), or none and why."""
     o = bench.opts
@@ -52,13 +60,16 @@ def peer_graphs(bench, manifest) -> tuple[list[StepGraph], dict]:
     if not wanted:
         return [], {"built": False, "why": "onnxruntime-genai is not installed (pip install 'nextstep-trt[peer]')"
                     if o.peer is None else "--peer off"}
-    graphs, info = [], {"built": True, "precisions": [], "options": vars(o.peer_options).copy()}
+    graphs, info = [], {"built": True, "precisions": [], "options": {}}
     project = _projector(o.model)
     for p in peer_precisions(tuple(o.precisions)):
         scales = our_cache_scales(manifest, p)
         kv = kv_scale_file(o.artifacts, scales, manifest.config.backbone.num_layers) if scales else None
+        opts = o.peer_options.matching(our_quantization(manifest, p))
+        if p != "fp32":
+            info["options"][p] = vars(opts).copy()
         try:
-            path = build_peer(o.model, o.artifacts, p, o.peer_options, log=bench.log, kv_scales=kv)
+            path = build_peer(o.model, o.artifacts, p, opts, log=bench.log, kv_scales=kv)
         except UserError as err:
             info.setdefault("failed", {})[p] = str(err)
             continue

@@ -43,10 +43,12 @@ def add_arguments(name: str, p) -> None:
     p.add_argument("--peer", choices=["auto", "on", "off"], default="auto",
                    help="onnxruntime-genai's fp32/int4 builds of our backbone in the decode-step benchmark (built "
                         "once, cached under ARTIFACTS/peer/); auto: when onnxruntime-genai is installed")
-    p.add_argument("--peer-accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4],
-                   help="the peer's MatMulNBits accuracy level (4: int8 activations)")
-    p.add_argument("--peer-block-size", type=int, default=32, choices=[16, 32, 64, 128, 256],
-                   help="the peer's quantization block (weights per scale along the input dimension)")
+    p.add_argument("--peer-accuracy-level", type=int, default=None, choices=[0, 1, 2, 3, 4],
+                   help="the peer's MatMulNBits accuracy level (4: int8 activations) (default: our graph's of the "
+                        "same precision, else 4)")
+    p.add_argument("--peer-block-size", type=int, default=None, choices=[16, 32, 64, 128, 256],
+                   help="the peer's quantization block (weights per scale along the input dimension) (default: our "
+                        "graph's of the same precision, else 32)")
     p.add_argument("--max-spread", type=float, default=1.25,
                    help="a cell whose timed repeats spread more than this (max/min) is run again")
     p.add_argument("--reruns", type=int, default=2, help="re-runs of a cell with a wide spread")

@@ -1,6 +1,7 @@
 """The bench's peer: our checkpoint as a Hugging Face Qwen2 folder equals our backbone in transformers (also when
 the vocab must be padded), onnxruntime-genai's fp32 build equals our fp32 graph at a decode step, its int4 build is
-MatMulNBits (block 32, accuracy level 4), and the bench reports both side by side with ours."""
+MatMulNBits (quantized like our int4 graph, else block 32 at accuracy level 4), and the bench reports both side by
+side with ours."""
 from __future__ import annotations
 
 import json
@@ -85,6 +86,7 @@ def peer_report(tiny_dir, tiny_artifacts, tmp_path_factory):
 def test_peer_fp32_equals_ours_and_int4_is_quantized(peer_report):
     report, _ = peer_report
     assert report.peer["verified"] is True and report.peer["precisions"] == ["fp32", "int4"]
+    assert report.peer["options"] == {"int4": {"accuracy_level": 4, "block_size": 32}}     # no int4 of ours here
     assert any("peer's fp32 build equals our fp32" in n for n in report.notes)
     for cell in report.steps:
         ours, p32, p4 = cell.get("ours", "fp32"), cell.get("peer", "fp32"), cell.get("peer", "int4")
@@ -166,3 +168,22 @@ def test_a_failing_build_is_one_line_leaves_no_scratch_and_frees_the_lock(tiny_d
                                                  peer_options=PeerOptions(), threads=1), log=lambda *_: None)
     graphs, info = step_phase.peer_graphs(bench, SimpleNamespace(config=None, data={"graphs": {}}))
     assert graphs == [] and set(info["failed"]) == {"fp32", "int4"} and info["precisions"] == []
+
+
+def test_the_peer_is_quantized_like_our_graph_of_the_same_precision(tmp_path):
+    """Unset peer options follow our graph's recipe and ONNX Runtime deployment; given ones win; fp32 and a missing
+    graph fall back to block 32 at level 4 (the cache folder and the builder's command line say which)."""
+    from types import SimpleNamespace
+
+    from nextstep_trt.bench.peer import PeerOptions, builder_command
+    from nextstep_trt.bench.step_phase import our_quantization
+
+    entry = {"recipe": {"block_size": 128}, "deployments": {"onnxruntime": {"accuracy_level": 1}}}
+    manifest = SimpleNamespace(data={"graphs": {"backbone": {"precisions": {"int4": entry, "fp32": {}}}}})
+    assert our_quantization(manifest, "int4") == {"block_size": 128, "accuracy_level": 1}
+    assert our_quantization(manifest, "fp32") == {} and our_quantization(manifest, "int8") == {}
+    assert PeerOptions().matching(our_quantization(manifest, "int4")) == PeerOptions(1, 128)
+    assert PeerOptions(block_size=64).matching(our_quantization(manifest, "int4")) == PeerOptions(1, 64)
+    assert PeerOptions().matching({}) == PeerOptions(4, 32)
+    cmd = builder_command(tmp_path, tmp_path, tmp_path, "int4", PeerOptions(1, 128))
+    assert cmd[-3:] == ["exclude_lm_head=true", "accuracy_level=1", "block_size=128"]
