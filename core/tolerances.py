@@ -56,6 +56,10 @@ FP8_SINGLE_GEMM = Bound(rel_l2=0.3, max_abs=1.0, cosine=0.97, mean_cosine=0.998)
 #   int8 backbone   rel 0.018 abs 0.028, cos 0.99985, mean 0.999965 | head_step rel 0.011 abs 0.014, cos 0.99994,
 #                   mean 0.999977 | samplers rel 0.010 abs 0.048, cos 0.99995, mean 0.999988 (int8 weights have
 #                   power-of-two scales; most of their error is the int8 rounding of the activations at level 4)
+#   int8 backbone on the bench preset (8 layers, 26 cases): block 128 (quantize's default) rel 0.016 abs 0.042, cos
+#                   0.99987, mean 0.99991 (new_value.7: error grows with depth); block 32: rel 0.013 abs 0.036, cos
+#                   0.99991, mean 0.99995. The row was first set from the tiny model alone (abs 0.045, mean 0.99993)
+#                   and refused the default block there; it now follows the rule over both models.
 #   Large's 50-step head_sampler (1536 wide, 12 blocks, random weights; ``quantize --low-memory``'s own level-1 run,
 #   20 cases, block 32 RTN): rel 0.122 abs 0.321, lowest case cos 0.99261, mean 0.99663 -- outside the tiny-model
 #   sampler bound (mean 0.997) it was first set from; block 16: mean 0.99700. A wider, deeper head accumulates more
@@ -67,7 +71,7 @@ FP8_SINGLE_GEMM = Bound(rel_l2=0.3, max_abs=1.0, cosine=0.97, mean_cosine=0.998)
 INT4_BACKBONE = Bound(rel_l2=0.3, max_abs=0.4, cosine=0.965, mean_cosine=0.993)
 INT4_HEAD = Bound(rel_l2=0.18, max_abs=0.25, cosine=0.985, mean_cosine=0.995)
 INT4_SAMPLER = Bound(rel_l2=0.18, max_abs=0.48, cosine=0.985, mean_cosine=0.993)   # Large's
-INT8_BACKBONE = Bound(rel_l2=0.03, max_abs=0.045, cosine=0.9997, mean_cosine=0.99993)
+INT8_BACKBONE = Bound(rel_l2=0.03, max_abs=0.065, cosine=0.9997, mean_cosine=0.99982)
 INT8_HEAD = Bound(rel_l2=0.018, max_abs=0.025, cosine=0.9998, mean_cosine=0.99995)
 INT8_SAMPLER = Bound(rel_l2=0.016, max_abs=0.075, cosine=0.9999, mean_cosine=0.99997)
 
