@@ -49,8 +49,12 @@ def test_groups_run_as_one_loop_each_with_one_sampler_call_per_token(runner, mon
     # 32x32: 4 tokens for 3 images (cond rows 2x3); 48x32: 6 tokens for 1 image
     assert sorted(calls) == [2] * 6 + [6] * 4
     assert [o.shape for o in out] == [(1, 32, 32, 3), (1, 48, 32, 3), (1, 32, 32, 3), (1, 32, 32, 3)]
-    assert np.array_equal(out[0][0], _solo(runner, "a red fox", 32, 32, 1))
-    assert np.abs(out[3][0].astype(int) - _solo(runner, "a long prompt about a small boat", 32, 32, 4, 2.0)).max() <= 1
+    # A batch of 6 CFG rows against a solo run's 2: ONNX Runtime's CPU GEMMs pick kernels by row count and ISA, so
+    # the float results may differ in the last bits (on an AVX-512 VM one channel of one pixel rounded to the next
+    # level; on AVX2 they were identical). A wrong grouping (rows mixed up) would change the image outright.
+    for k, (prompt, seed, cfg) in ((0, ("a red fox", 1, 7.5)), (3, ("a long prompt about a small boat", 4, 2.0))):
+        diff = np.abs(out[k][0].astype(int) - _solo(runner, prompt, 32, 32, seed, cfg))
+        assert diff.max() <= 1 and (diff > 0).mean() <= 0.01, (k, diff.max(), (diff > 0).mean())
 
 
 BAD = [
