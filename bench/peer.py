@@ -12,11 +12,12 @@ has no lm_head either; it adds the image_out_projector, which the comparison app
 its MatMulNBits quantization (level 4 = int8 activations; blocks of weights along the input dimension): by default
 those of our graph of the same precision (its recipe's block, its ONNX Runtime deployment's level), so the two
 differ only in kernels; else block 32 at level 4.
-Builds are cached under ``ART/peer/<model fingerprint>-genai<version>-b<block>-acc<level>/<precision>/``, written
-to a scratch folder and renamed into place; a cached build is reused when its ``model.onnx`` is there. When our
-graph of a precision keeps an int8 KV cache (``quantize --kv-cache int8``), the peer's build of that precision gets
-the same cache: ``kv_cache_quant_scheme=int8_per_channel`` with our scales as its ``kv_cache_scale_file``
-(``<precision>-kv8-<scales digest>/``), so the two still differ only in how they run the same numbers.
+Builds are cached under ``ART/peer/<model fingerprint>-genai<version>/``, beside the one HF folder they share
+(``hf/``; Large's is 28 GB): ``fp32/``, ``<precision>-b<block>-acc<level>/`` for int8/int4, each written to a
+scratch folder and renamed into place; a cached build is reused when its ``model.onnx`` is there. When our graph of
+a precision keeps an int8 KV cache (``quantize --kv-cache int8``), the peer's build of that precision gets the
+same cache: ``kv_cache_quant_scheme=int8_per_channel`` with our scales as its ``kv_cache_scale_file`` (the folder
+name gains ``-kv8-<scales digest>``), so the two still differ only in how they run the same numbers.
 """
 from __future__ import annotations
 
@@ -72,11 +73,10 @@ def peer_precisions(asked: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(p for p in PEER_PRECISIONS if p in wanted)
 
 
-def peer_root(artifacts: Path, model_dir: Path, opts: PeerOptions) -> Path:
-    """The cache folder of this model, builder version and quantization settings."""
-    version, opts = versions((GENAI,)).get(GENAI, "unknown"), opts.matching({})
-    key = f"{load_config(model_dir).fingerprint()}-genai{version}-b{opts.block_size}-acc{opts.accuracy_level}"
-    return Path(artifacts) / "peer" / key
+def peer_root(artifacts: Path, model_dir: Path) -> Path:
+    """The cache folder of this model and builder version: its HF folder and every build."""
+    version = versions((GENAI,)).get(GENAI, "unknown")
+    return Path(artifacts) / "peer" / f"{load_config(model_dir).fingerprint()}-genai{version}"
 
 
 def kv_scale_file(artifacts: Path, scales: dict[str, np.ndarray], num_layers: int) -> Path:
@@ -91,9 +91,12 @@ def kv_scale_file(artifacts: Path, scales: dict[str, np.ndarray], num_layers: in
     return path
 
 
-def build_name(precision: str, kv_scales: Path | None) -> str:
-    """The cache folder of one build: the precision, and with our int8 cache's scales ``-kv8-<their digest>``."""
-    return f"{precision}-kv8-{kv_scales.stem.rsplit('-', 1)[-1]}" if kv_scales else precision
+def build_name(precision: str, opts: PeerOptions, kv_scales: Path | None = None) -> str:
+    """The cache folder of one build: the precision, its quantization, and with our int8 cache's scales
+    ``-kv8-<their digest>``."""
+    opts = opts.matching({})
+    name = precision if precision == "fp32" else f"{precision}-b{opts.block_size}-acc{opts.accuracy_level}"
+    return f"{name}-kv8-{kv_scales.stem.rsplit('-', 1)[-1]}" if kv_scales else name
 
 
 def builder_command(hf: Path, out: Path, cache: Path, precision: str, opts: PeerOptions,
@@ -126,8 +129,8 @@ def build_peer(model_dir: str | Path, artifacts: str | Path, precision: str, opt
     if precision not in PEER_PRECISIONS:
         raise UserError(f"the peer's builder makes {', '.join(PEER_PRECISIONS)} on the CPU, not {precision}")
     model_dir, opts = Path(model_dir), opts.matching({})
-    root = peer_root(Path(artifacts), model_dir, opts)
-    graph = root / build_name(precision, kv_scales) / "model.onnx"
+    root = peer_root(Path(artifacts), model_dir)
+    graph = root / build_name(precision, opts, kv_scales) / "model.onnx"
     if graph.is_file():
         return graph
     from nextstep_trt.export.scratch import artifacts_lock
@@ -139,7 +142,7 @@ def build_peer(model_dir: str | Path, artifacts: str | Path, precision: str, opt
 def _convert_and_build(model_dir: Path, root: Path, precision: str, opts: PeerOptions, log,
                        kv_scales: Path | None) -> Path:
     """Under the folder's lock: the HF folder (once), then the builder into a scratch folder renamed into place."""
-    name = build_name(precision, kv_scales)
+    name = build_name(precision, opts, kv_scales)
     graph = root / name / "model.onnx"
     if graph.is_file():                           # another run built it before this one took the lock
         return graph

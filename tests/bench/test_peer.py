@@ -120,7 +120,7 @@ def test_cached_builds_are_reused(peer_report, tiny_dir, monkeypatch):
     _, art = peer_report
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("the builder ran again"))
     path = build_peer(tiny_dir, art, "int4", PeerOptions())
-    assert path.is_file() and path.parent.name == "int4" and "peer" in path.parts
+    assert path.is_file() and path.parent.name == "int4-b32-acc4" and "peer" in path.parts
 
 
 def test_a_peer_that_differs_from_ours_voids_its_targets():
@@ -159,10 +159,10 @@ def test_a_failing_build_is_one_line_leaves_no_scratch_and_frees_the_lock(tiny_d
 
     monkeypatch.setattr(subprocess, "run", broken)
     for _ in range(2):                                   # the second call takes the (released) lock again
-        with pytest.raises(UserError, match="builder failed for int4 .*ValueError: the builder broke"):
+        with pytest.raises(UserError, match="builder failed for int4-b32-acc4 .*ValueError: the builder broke"):
             build_peer(tiny_dir, art, "int4", PeerOptions(), log=lambda *_: None)
-    root = peer_root(art, tiny_dir, PeerOptions())
-    assert (root / "hf" / "model.safetensors").is_file() and not (root / "int4").exists()
+    root = peer_root(art, tiny_dir)
+    assert (root / "hf" / "model.safetensors").is_file() and not list(root.glob("int4*"))
     assert not list(root.glob(".*.tmp"))
     bench = SimpleNamespace(opts=SimpleNamespace(peer=True, model=tiny_dir, artifacts=art, precisions=("fp32",),
                                                  peer_options=PeerOptions(), threads=1), log=lambda *_: None)
@@ -175,7 +175,7 @@ def test_the_peer_is_quantized_like_our_graph_of_the_same_precision(tmp_path):
     graph fall back to block 32 at level 4 (the cache folder and the builder's command line say which)."""
     from types import SimpleNamespace
 
-    from nextstep_trt.bench.peer import PeerOptions, builder_command
+    from nextstep_trt.bench.peer import PeerOptions, build_name, builder_command
     from nextstep_trt.bench.step_phase import our_quantization
 
     entry = {"recipe": {"block_size": 128}, "deployments": {"onnxruntime": {"accuracy_level": 1}}}
@@ -187,3 +187,6 @@ def test_the_peer_is_quantized_like_our_graph_of_the_same_precision(tmp_path):
     assert PeerOptions().matching({}) == PeerOptions(4, 32)
     cmd = builder_command(tmp_path, tmp_path, tmp_path, "int4", PeerOptions(1, 128))
     assert cmd[-3:] == ["exclude_lm_head=true", "accuracy_level=1", "block_size=128"]
+    # one cache folder per model and builder version (one HF folder), one build folder per quantization
+    assert [build_name(p, PeerOptions(1, 128)) for p in ("fp32", "int4")] == ["fp32", "int4-b128-acc1"]
+    assert build_name("int8", PeerOptions(), tmp_path / "kv-scales-0123abcd.json") == "int8-b32-acc4-kv8-0123abcd"

@@ -180,7 +180,7 @@ def test_the_peer_gets_the_same_int8_cache_and_computes_the_same_step(art, tiny_
     kv = kv_scale_file(art, scales, cfg.backbone.num_layers)
     assert kv_scale_file(art, scales, cfg.backbone.num_layers) == kv                 # named by content
     path = build_peer(tiny_dir, art, "int4", PeerOptions(), log=lambda *_: None, kv_scales=kv)
-    assert path.parent.name == f"int4-{kv.stem.replace('kv-scales', 'kv8')}"
+    assert path.parent.name == f"int4-b32-acc4-{kv.stem.replace('kv-scales', 'kv8')}"
     types = {i.name: i.type.tensor_type.elem_type for i in onnx.load(path, load_external_data=False).graph.input}
     assert types["past_key_values.0.key"] == TensorProto.INT8
     graphs = [StepGraph("ours int4", "ours", "int4", art / "int4" / "backbone.onnx", cfg),
