@@ -27,11 +27,16 @@ def _projector(model_dir):
     return lambda hidden: hidden @ weight.T + bias                       # [rows,H] -> [rows,H]
 
 
+def our_backbone(manifest, precision: str) -> dict | None:
+    """The manifest entry of our backbone graph at ``precision``; None when that graph was not made."""
+    return manifest.data["graphs"].get("backbone", {}).get("precisions", {}).get(precision)
+
+
 def our_graphs(manifest, precisions: list[str], threads: int) -> tuple[list[StepGraph], list[str]]:
     """Our backbone graph at fp32 (the baseline of every ratio) and at each asked precision that was made."""
     cfg, graphs, notes = manifest.config, [], []
     for p in ["fp32"] + [p for p in precisions if p != "fp32"]:
-        if p not in manifest.data["graphs"].get("backbone", {}).get("precisions", {}):
+        if our_backbone(manifest, p) is None:
             notes.append(f"decode steps: no {p} backbone graph (run `nextstep-trt quantize --precision {p}`)")
             continue
         graphs.append(StepGraph(f"ours {p}", "ours", p, manifest.path("backbone", Precision(p)), cfg, threads))
@@ -40,14 +45,14 @@ def our_graphs(manifest, precisions: list[str], threads: int) -> tuple[list[Step
 
 def our_cache_scales(manifest, precision: str) -> dict:
     """The int8 cache scales of our backbone graph at ``precision`` ({}: a float cache, or no such graph)."""
-    if precision not in manifest.data["graphs"].get("backbone", {}).get("precisions", {}):
+    if our_backbone(manifest, precision) is None:
         return {}
     return read_scales(manifest.path("backbone", Precision(precision)))
 
 
 def our_quantization(manifest, precision: str) -> dict:
     """{"block_size", "accuracy_level"} of our backbone graph at ``precision`` ({} for none, or a float graph)."""
-    entry = manifest.data["graphs"].get("backbone", {}).get("precisions", {}).get(precision, {})
+    entry = our_backbone(manifest, precision) or {}
     level = entry.get("deployments", {}).get("onnxruntime", {}).get("accuracy_level")
     block = entry.get("recipe", {}).get("block_size")
     return {k: v for k, v in (("block_size", block), ("accuracy_level", level)) if v is not None}
