@@ -71,6 +71,29 @@ def test_fused_sampler_equals_stepwise_reference(tiny_artifacts, tiny_bundle):
         assert err < 1e-5, f"{graph}: token max abs error {err:.3g} at {np.unravel_index(np.abs(got - ref).argmax(), ref.shape)}"
 
 
+def test_a_fused_sampler_step_is_one_norm_per_layer_and_one_update_gemm(tiny_artifacts, tiny_bundle):
+    """The kernels a step dispatches (graphs.HeadSamplerGraph): each modulated norm is one LayerNormalization
+    with computed per-row scale and bias (no Mul/Add after it), the CFG combine and update one Gemm of two
+    computed tensors, and no per-step Tile of the state."""
+    from nextstep_trt.export.profile import SAMPLERS, sampler_of
+
+    art, _ = tiny_artifacts
+    manifest = Manifest.load(art)
+    layers = tiny_bundle.config.head.layers
+    for graph in SAMPLERS:
+        model = onnx.load(manifest.path(graph))
+        steps, norm = sampler_of(manifest.spec(graph)).steps, sampler_of(manifest.spec(graph)).use_norm
+        consts = {i.name for i in model.graph.initializer}
+        ops = [n.op_type for n in model.graph.node]
+        modulated = [n for n in model.graph.node if n.op_type == "LayerNormalization" and len(n.input) == 3
+                     and n.input[1] not in consts and n.input[2] not in consts]
+        assert len(modulated) == steps * (layers + 1), (graph, len(modulated))
+        assert ops.count("LayerNormalization") == len(modulated) + norm, graph          # + the token norm
+        update = [n for n in model.graph.node if n.op_type == "Gemm" and n.input[1] not in consts]
+        assert len(update) == steps, (graph, len(update))
+        assert ops.count("Tile") <= 3, (graph, ops.count("Tile"))    # once per call: branch weights, noise, x0
+
+
 def _initializer_bytes(path) -> int:
     model = onnx.load(path)
     return sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
