@@ -71,6 +71,39 @@ def test_fused_sampler_equals_stepwise_reference(tiny_artifacts, tiny_bundle):
         assert err < 1e-5, f"{graph}: token max abs error {err:.3g} at {np.unravel_index(np.abs(got - ref).argmax(), ref.shape)}"
 
 
+@pytest.mark.parametrize("index", [0, 2], ids=["text", "text-image"])
+def test_fused_gh_sampler_equals_stepwise_reference(tiny_bundle, tiny_profile, tmp_path, index):
+    """The ``gh`` variant (N-1 SDE steps, then one deterministic ODE step: no noise, x + dt v), without the
+    token norm, traced here (the session's artifacts use ``hf``): same check as above, on its own graph."""
+    import dataclasses
+
+    from nextstep_trt.export.components import COMPONENTS
+    from nextstep_trt.export.exporter import save, trace
+    from nextstep_trt.export.profile import SAMPLER_GRAPHS, head_sampler_spec
+    from nextstep_trt.ref.sampling import SamplerConfig, SamplerVariant
+
+    sampler = SamplerConfig(steps=4, shift=2.0, variant=SamplerVariant.GH, use_norm=False)
+    profile = dataclasses.replace(tiny_profile, t2i_sampler=sampler, edit_sampler=sampler)
+    graph = SAMPLER_GRAPHS[index]
+    spec = head_sampler_spec(tiny_bundle.config, profile, graph)
+    model, _, _ = trace(COMPONENTS[graph.name].module(tiny_bundle, spec), spec)
+    path = tmp_path / "sampler.onnx"
+    save(model, path)
+    rng = np.random.default_rng(7)
+    b, r = 2, graph.guidance.rows
+    feeds = {"cond": rng.standard_normal((r * b, 64)).astype(np.float32),
+             "noise": rng.standard_normal((5, b, 16)).astype(np.float32), "cfg": np.array([3.0, 7.5], np.float32)}
+    if r > 2:
+        feeds["cfg_img"] = np.array([1.5, 2.0], np.float32)
+    got = make_session(path).run(None, feeds)[0]
+    t = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    with torch.no_grad():
+        ref = sample_token(tiny_bundle.model.image_head, t["cond"], t["noise"], sampler, graph.guidance, t["cfg"],
+                           t.get("cfg_img")).numpy()
+    err = np.abs(got - ref)
+    assert err.max() < 1e-5, f"{graph.name} (gh): token max abs error {err.max():.3g} at {np.unravel_index(err.argmax(), ref.shape)}"
+
+
 def test_a_fused_sampler_step_is_one_norm_per_layer_and_one_update_gemm(tiny_artifacts, tiny_bundle):
     """The kernels a step dispatches (graphs.HeadSamplerGraph): each modulated norm is one LayerNormalization
     with computed per-row scale and bias (no Mul/Add after it), the CFG combine and update one Gemm of two
