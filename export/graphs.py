@@ -110,12 +110,12 @@ class HeadSamplerGraph(nn.Module):
         return net.final_layer.linear(F.layer_norm(h, h.shape[-1:], eps=net.final_layer.norm_final.eps) * scale + shift)
 
     def forward(self, cond, noise, cfg=None, cfg_img=None):
-        r, (n, b, d) = self.guidance.rows, noise.shape
+        r, (slots, b, d) = self.guidance.rows, noise.shape                              # slots = N + 1
         eye = (torch.arange(b)[:, None] == torch.arange(b)[None]).to(noise.dtype)       # [B,B]
         weights = branch_weights(self.guidance, cfg, cfg_img, noise[0])
         mix = torch.cat([eye * w[:, None] for w in weights], dim=1).repeat(r, 1)       # [R*B,R*B]
         xi = (noise[1:] * self.sigmas.to(noise.dtype)[:, None, None]).repeat(1, r, 1)  # [N,R*B,D]
-        xi = xi.reshape(-1, d).split([r * b] * (n - 1), dim=0)
+        xi = xi.reshape(-1, d).split([r * b] * (slots - 1), dim=0)                     # N pieces [R*B,D]
         x = noise[0].repeat(r, 1)                                                      # [R*B,D]
         for k, (step, pieces) in enumerate(zip(self.steps, self.step_pieces(cond))):
             a, c, sigma = step_coefficients(step)
