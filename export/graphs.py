@@ -66,7 +66,7 @@ class HeadSamplerGraph(nn.Module):
     """All N sampler steps with the CFG combine (and token norm) in one call; noise is an input.
 
     Computes what ``run_sampler`` over the head computes (level 1 compares it with that reference, step by step in
-    torch), in the fewest kernels per step a CPU runtime dispatches (~29 on a 4-block head; one call was 52):
+    torch), in few kernels per step for a CPU runtime to dispatch (29 on a 4-block head; the first form had 52):
     - the condition embedding once per call; the time embeddings of the fixed grid are constants; the adaLN
       modulations depend on time and condition only, so each layer's are one GEMM over all N steps (M = N*R*B
       rows, its weights read once per token), cut into the N steps' [R*B,dim] pieces by one Split each;
