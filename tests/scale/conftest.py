@@ -28,7 +28,8 @@ def ordinary(ckpts, tmp_path_factory) -> dict[str, Path]:
 
     def make(root):
         for d, model_dir in ckpts.items():
-            export_all(export_opts(model_dir, root / d, ("backbone", "head_step"), low_memory=False, validate=False),
+            export_all(export_opts(model_dir, root / d, ("backbone", "head_step", "head_sampler"), low_memory=False,
+                                   validate=False),
                        log=lambda *_: None)
         return {d: root / d for d in ckpts}
 
@@ -42,7 +43,8 @@ def lowmem(ckpts, tmp_path_factory) -> dict[tuple[str, str], Path]:
 
     def make(root):
         out = {}
-        for ck, graph, graphs in (("fp32", "fp32", ("backbone", "head_step")), ("bf16", "bf16", ("backbone",)),
+        for ck, graph, graphs in (("fp32", "fp32", ("backbone", "head_step", "head_sampler")),
+                                  ("bf16", "bf16", ("backbone", "head_sampler")),
                                   ("bf16", "fp32", ("backbone",))):
             out[ck, graph] = root / f"{ck}-{graph}"
             export_low_memory(export_opts(ckpts[ck], out[ck, graph], graphs, dtype=graph), log=lambda *_: None)
