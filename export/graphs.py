@@ -82,12 +82,13 @@ class HeadSamplerGraph(nn.Module):
     def __init__(self, head: FlowMatchingHead, sampler: SamplerConfig, guidance: Guidance):
         super().__init__()
         self.net, self.sampler, self.guidance = head.net, sampler, guidance
-        self.steps = sampler_steps(sampler)
-        grid = torch.tensor([s.t for s in self.steps], dtype=torch.float32)
+        steps = sampler_steps(sampler)
+        self.coefficients = [step_coefficients(s) for s in steps]                    # (a, b, sigma) per step
+        grid = torch.tensor([s.t for s in steps], dtype=torch.float32)
         with torch.no_grad():
             temb = self.net.time_embed(grid)                                          # [N,dim]
         self.register_buffer("time_embeddings", temb, persistent=False)
-        self.register_buffer("sigmas", torch.tensor([step_coefficients(s)[2] for s in self.steps]), persistent=False)
+        self.register_buffer("sigmas", torch.tensor([c[2] for c in self.coefficients]), persistent=False)
 
     def step_pieces(self, cond: torch.Tensor) -> list[list[tuple[torch.Tensor, ...]]]:
         """Per step, each block's (norm scale, norm shift, gate) and the final layer's (scale, shift), [R*B,dim]."""
@@ -117,8 +118,7 @@ class HeadSamplerGraph(nn.Module):
         xi = (noise[1:] * self.sigmas.to(noise.dtype)[:, None, None]).repeat(1, r, 1)  # [N,R*B,D]
         xi = xi.reshape(-1, d).split([r * b] * (slots - 1), dim=0)                     # N pieces [R*B,D]
         x = noise[0].repeat(r, 1)                                                      # [R*B,D]
-        for k, (step, pieces) in enumerate(zip(self.steps, self.step_pieces(cond))):
-            a, c, sigma = step_coefficients(step)
+        for k, ((a, c, sigma), pieces) in enumerate(zip(self.coefficients, self.step_pieces(cond))):
             x = torch.addmm(x, mix, self.velocity(x, pieces), beta=a, alpha=c)
             if sigma:
                 x = x + xi[k]
