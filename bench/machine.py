@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nextstep_trt.core.resources import meminfo, size_text
+from nextstep_trt.core.resources import huge_pages, meminfo, size_text
 from nextstep_trt.core.resources import versions as installed_versions
 
 
@@ -67,6 +67,7 @@ class Machine:
     load_start: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_end: tuple[float, float, float] | None = None
     gpu: dict | None = None
+    huge_pages: dict = field(default_factory=dict)      # core.resources.huge_pages(): THP mode, malloc tunable
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -77,6 +78,8 @@ class Machine:
         load = "/".join(f"{x:.2f}" for x in self.load_start)
         end = "" if self.load_end is None else " -> " + "/".join(f"{x:.2f}" for x in self.load_end)
         gpu = f"; GPU {self.gpu.get('name')}" if self.gpu else "; no GPU"
+        hp = self.huge_pages
+        gpu += f"; huge pages: THP {hp['thp']}, malloc hugetlb {hp['malloc_hugetlb']}" if hp else ""
         return (f"machine: {self.cpu}, {self.affinity_cores}/{self.logical_cores} cores, "
                 f"{size_text(self.ram_bytes)} RAM, caches {caches}{gpu}\n"
                 f"load average (1/5/15 min) {load}{end}; " + " ".join(f"{k} {v}" for k, v in self.versions.items()))
@@ -90,4 +93,4 @@ def describe_machine() -> Machine:
         affinity = os.cpu_count() or 1
     return Machine(cpu=cpu_model(), logical_cores=os.cpu_count() or 1, affinity_cores=affinity,
                    ram_bytes=meminfo().get("MemTotal", 0), caches=cache_sizes(), platform=platform.platform(),
-                   versions=versions(), load_start=load_average())
+                   versions=versions(), load_start=load_average(), huge_pages=huge_pages())

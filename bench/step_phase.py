@@ -13,7 +13,7 @@ from nextstep_trt.ref.weights import iter_shard_tensors, shard_files
 
 from .peer import build_peer, kv_scale_file, peer_installed, peer_precisions
 from .results import BenchReport
-from .steps import StepGraph, StepOptions, time_decode_steps
+from .steps import StepGraph, StepOptions, control_of, time_decode_steps
 
 # The peer's fp32 build must give our fp32 cond within the fp32 graph bound, else the conversion is wrong.
 PEER_FP32_BOUND = graph_bound("backbone", Precision.FP32, "cond")
@@ -122,10 +122,9 @@ def run_step_phase(bench, report: BenchReport) -> None:
     report.notes += [f"the peer's {p} build failed, not measured: {err}" for p, err in
                      report.peer.get("failed", {}).items()]
     opts = StepOptions(tuple(o.decode_pasts), 2, o.decode_rounds, o.decode_steps, o.threads, o.seed, o.spread)
-    bench.log(f"[decode steps] {', '.join(g.label for g in graphs + peers)} at past "
-              f"{', '.join(map(str, o.decode_pasts))}")
-    report.steps = time_decode_steps(graphs + peers, opts, report.bandwidth.gbps, report.bandwidth.read_gbps,
-                                     bench.watch)
+    timed = graphs + peers + [control_of(graphs[-1])]            # the control last: see steps.py
+    bench.log(f"[decode steps] {', '.join(g.label for g in timed)} at past {', '.join(map(str, o.decode_pasts))}")
+    report.steps = time_decode_steps(timed, opts, report.bandwidth.gbps, report.bandwidth.read_gbps, bench.watch)
     for cell in report.steps:
         bench.log("  past {}: ".format(cell.past) + ", ".join(f"{t.label} {t.ms:.2f} ms" for t in cell.timings)
                   + "".join(f"\n  ! {n}" for n in cell.stability.notes(f"decode steps at past {cell.past}")))

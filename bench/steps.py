@@ -9,6 +9,12 @@ ONNX Runtime's fused attention gets its ``present_*`` outputs bound to that buff
 peer's GroupQueryAttention graph in onnxruntime-genai's own mode, past and present sharing the buffer. Rounds interleave
 the graphs (round r times ``steps`` calls of each graph in turn), so a load change hits every graph alike; a
 round's median is one timed repeat for the spread rule (``stability.py``).
+
+The last graph of every round is a *control* (``control_of``): a second session of one of our graphs, the same file
+loaded again, with its own weights and buffers. Its time over its twin's should be 1.00; how far it is tells how
+much a graph's place in this process alone moves its time (measured on the 2-core VM: four sessions of one int4
+graph in one process were within 1-6% of each other in most processes, but 17% and 21% apart in two of eight),
+which bounds every ratio of the cell. Beyond ``CONTROL_MARGIN`` the cell is flagged.
 """
 from __future__ import annotations
 
@@ -29,6 +35,9 @@ from nextstep_trt.ref.config import NextStepConfig
 from .graph_bytes import graph_stream_bytes
 from .stability import LoadWatch, SpreadRule, Stability, run_stable, spread
 
+CONTROL = "control"               # StepGraph.source of the control session
+CONTROL_MARGIN = 0.10             # control / twin farther from 1 than this: the cell's ratios are that uncertain
+
 
 @dataclass(frozen=True)
 class StepOptions:
@@ -48,10 +57,12 @@ class StepGraph:
     int8-cache graph of ours brings its own (``export/ort_kvcache.py``)."""
 
     def __init__(self, label: str, source: str, precision: str, path: Path, cfg: NextStepConfig, threads: int = 0,
-                 project: Callable[[np.ndarray], np.ndarray] | None = None, scales: dict | None = None):
+                 project: Callable[[np.ndarray], np.ndarray] | None = None, scales: dict | None = None,
+                 layout: str | None = None):
         from nextstep_trt.export.ort_session import make_session
 
         self.label, self.source, self.precision, self.path, self.cfg = label, source, precision, Path(path), cfg
+        self.threads, self.layout = threads, layout or source         # layout: "ours" or "peer" inputs and outputs
         self.session = make_session(path, threads=threads)
         self.project = project
         self.weight_bytes = graph_stream_bytes(path)
@@ -75,7 +86,7 @@ class StepGraph:
             buffers[(i, kind)] = shared
         self.kv_bytes = sum(b[:, :, :position].nbytes for b in buffers.values())
         self._keep += list(buffers.values())
-        if self.source == "ours":
+        if self.layout == "ours":
             feeds = {"input_ids": ids, "image_tokens": np.zeros((rows, 1, self.cfg.token_dim), np.float32),
                      "image_mask": np.zeros((rows, 1), bool), "position_ids": np.full((rows, 1), position, np.int64),
                      "token_mask": np.ones((rows, 1), np.int64),
@@ -160,9 +171,38 @@ class StepCell:
     def get(self, source: str, precision: str) -> StepTiming | None:
         return next((t for t in self.timings if t.source == source and t.precision == precision), None)
 
+    def control(self) -> tuple[StepTiming, StepTiming] | None:
+        """(twin, control): the control session's timing and the first session of the same graph, if timed."""
+        ctl = next((t for t in self.timings if t.source == CONTROL), None)
+        twin = None if ctl is None else next((t for t in self.timings if t.source != CONTROL
+                                                and t.label == ctl.label.removesuffix(" (control)")), None)
+        return None if twin is None else (twin, ctl)
+
+    def control_ratio(self) -> float | None:
+        """The control's time over its twin's, paired round by round (1.00: a graph's place in the process does not
+        move its time)."""
+        pair = self.control()
+        return None if pair is None else pair[0].speedup_over(pair[1])
+
+    def control_notes(self) -> list[str]:
+        """A warning when the control is more than ``CONTROL_MARGIN`` away from its twin."""
+        r = self.control_ratio()
+        if r is None or abs(r - 1) <= CONTROL_MARGIN:
+            return []
+        twin = self.control()[0].label
+        return [f"decode steps at past {self.past}: two sessions of one graph ({twin}) ran {r:.2f}x apart in this "
+                f"process (more than {CONTROL_MARGIN:.0%}): every ratio of the cell is uncertain by as much"]
+
     def to_json(self) -> dict:
         return {"past": self.past, "timings": [asdict(t) | {"step_bytes": t.step_bytes} for t in self.timings],
-                "stability": self.stability.to_json()}
+                "stability": self.stability.to_json(), "control_ratio": self.control_ratio()}
+
+
+def control_of(graph: StepGraph) -> StepGraph:
+    """A second session of ``graph`` (the same file loaded again: its own weights, arena and buffers), labelled as
+    its control; time it last in every round."""
+    return StepGraph(f"{graph.label} (control)", CONTROL, graph.precision, graph.path, graph.cfg, graph.threads,
+                     graph.project, graph.scales, graph.layout)
 
 
 def random_past(cfg: NextStepConfig, rows: int, past: int, seed: int) -> dict[tuple[int, str], np.ndarray]:

@@ -6,6 +6,7 @@ bandwidths, so a floor (bytes / bandwidth) reads in one system. A GPU sold as "1
 """
 from __future__ import annotations
 
+import os
 import resource
 import shutil
 from pathlib import Path
@@ -85,6 +86,26 @@ def meminfo() -> dict[str, int]:
 def rss_bytes() -> int:
     """VmRSS of this process now (0 where /proc is missing)."""
     return proc_sizes("/proc/self/status").get("VmRSS", 0)
+
+
+THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+HUGETLB_TUNABLE = "glibc.malloc.hugetlb"
+HUGETLB_HINT = (f"GLIBC_TUNABLES={HUGETLB_TUNABLE}=1 before the process starts puts glibc's big allocations (ONNX "
+                "Runtime's weights and buffers) on transparent huge pages: CPU decode steps 4-8% faster on the 2-core "
+                "test VM (README, Performance)")
+
+
+def huge_pages(thp_file: str = THP_ENABLED, environ=None) -> dict[str, str]:
+    """{"thp": the kernel's transparent-huge-page mode ("always", "madvise", "never", "unavailable"),
+    "malloc_hugetlb": glibc's malloc.hugetlb tunable from GLIBC_TUNABLES ("unset" when not given)}."""
+    try:
+        words = Path(thp_file).read_text().split()
+        mode = next((w.strip("[]") for w in words if w.startswith("[")), "unavailable")
+    except OSError:
+        mode = "unavailable"
+    tunables = (os.environ if environ is None else environ).get("GLIBC_TUNABLES", "")
+    setting = dict(t.partition("=")[::2] for t in tunables.split(":") if "=" in t).get(HUGETLB_TUNABLE, "unset")
+    return {"thp": mode, "malloc_hugetlb": setting}
 
 
 def versions(packages: tuple[str, ...]) -> dict[str, str]:

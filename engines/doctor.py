@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nextstep_trt.core.errors import UserError
 from nextstep_trt.core.gpu import GpuProbe, cc_tuple, probe_gpu
-from nextstep_trt.core.resources import free_disk, free_ram, size_text
+from nextstep_trt.core.resources import HUGETLB_HINT, HUGETLB_TUNABLE, free_disk, free_ram, huge_pages, size_text
 
 BUILD_PEAK_FACTOR = 3.7          # TensorRT-RTX build peak RSS / ONNX weight bytes (toolchain notes, 395 MB graph)
 BUILD_BASELINE = 300 * 10**6     # a TensorRT-RTX build process of a tiny graph peaks at ~0.3 GB (measured)
@@ -89,6 +89,9 @@ def gpu_section(probe: GpuProbe) -> Section:
 def host_section(artifacts: Path | None) -> Section:
     s = Section("host").add("units (every size in this report)", "decimal: 1 GB = 10^9 bytes, as in GB/s")
     s.add("CPU cores", os.cpu_count())
+    hp = huge_pages()
+    hint = f" -- {HUGETLB_HINT}" if hp["thp"] == "madvise" and hp["malloc_hugetlb"] in ("unset", "0") else ""
+    s.add("huge pages", f"THP {hp['thp']}; {HUGETLB_TUNABLE} {hp['malloc_hugetlb']}{hint}")
     free = free_ram() or None
     s.add("free host memory", size_text(free) if free is not None else "unknown (no /proc/meminfo)")
     where = artifacts if artifacts is not None and artifacts.exists() else Path.cwd()
