@@ -18,10 +18,12 @@ SAMPLER_GOAL = {"int8": 1.5, "int4": 1.5}
 E2E_GOAL = {"int4": 2.2}
 
 
-def _control(cell) -> str:
-    """'; control 1.03x' (the same graph's second session over its first, ``steps.py``), or ''."""
-    r = cell.control_ratio() if cell else None
-    return "" if r is None else f"; control {r:.2f}x"
+def _control(cell, *timings) -> str:
+    """'; control ours int4 1.03x' for each of ``timings`` with a control in ``cell`` (the same graph's second
+    session over its first, ``steps.py``), or ''."""
+    ratios = cell.control_ratios() if cell else {}
+    shown = [f"{t.label} {ratios[t.label]:.2f}x" for t in timings if t.label in ratios]
+    return f"; control {', '.join(shown)}" if shown else ""
 
 
 def _decode(report: BenchReport, p: str) -> list[Target]:
@@ -35,7 +37,8 @@ def _decode(report: BenchReport, p: str) -> list[Target]:
             continue
         out.append(Target.measured(name, ours.speedup_over(base), DECODE_GOAL[p], "x",
                                    f"({base.ms:.2f} -> {ours.ms:.2f} ms, speed-up paired by round; "
-                                   f"{size_text(ours.step_bytes)}/step, {ours.gbps:.1f} GB/s{_control(cell)})"))
+                                   f"{size_text(ours.step_bytes)}/step, {ours.gbps:.1f} GB/s"
+                                   f"{_control(cell, base, ours)})"))
     return out
 
 
@@ -70,7 +73,7 @@ def _peer(report: BenchReport) -> list[Target]:
             built = f"block {q['block_size']}, level {q['accuracy_level']}; " if q else ""
             out.append(Target.measured(name, ours.speedup_over(peer), 1.0, "x",
                                        f"(peer {peer.ms:.2f} ms vs ours {ours.ms:.2f} ms; {built}peer/ours paired by "
-                                       f"round{_control(cell)})"))
+                                       f"round{_control(cell, ours, peer)})"))
     return out
 
 

@@ -122,7 +122,8 @@ def run_step_phase(bench, report: BenchReport) -> None:
     report.notes += [f"the peer's {p} build failed, not measured: {err}" for p, err in
                      report.peer.get("failed", {}).items()]
     opts = StepOptions(tuple(o.decode_pasts), 2, o.decode_rounds, o.decode_steps, o.threads, o.seed, o.spread)
-    timed = graphs + peers + [control_of(graphs[-1])]            # the control last: see steps.py
+    twins = [graphs[-1]] + [g for g in peers if g.precision == graphs[-1].precision]
+    timed = graphs + peers + [control_of(g) for g in twins]           # the controls last: see steps.py
     bench.log(f"[decode steps] {', '.join(g.label for g in timed)} at past {', '.join(map(str, o.decode_pasts))}")
     report.steps = time_decode_steps(timed, opts, report.bandwidth.gbps, report.bandwidth.read_gbps, bench.watch)
     for cell in report.steps:

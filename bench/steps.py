@@ -10,11 +10,12 @@ peer's GroupQueryAttention graph in onnxruntime-genai's own mode, past and prese
 the graphs (round r times ``steps`` calls of each graph in turn), so a load change hits every graph alike; a
 round's median is one timed repeat for the spread rule (``stability.py``).
 
-The last graph of every round is a *control* (``control_of``): a second session of one of our graphs, the same file
-loaded again, with its own weights and buffers. Its time over its twin's should be 1.00; how far it is tells how
-much a graph's place in this process alone moves its time (measured on the 2-core VM: four sessions of one int4
-graph in one process were within 1-6% of each other in most processes, but 17% and 21% apart in two of eight),
-which bounds every ratio of the cell. Beyond ``CONTROL_MARGIN`` the cell is flagged.
+The last graphs of every round are *controls* (``control_of``): a second session of a graph, the same file loaded
+again, with its own weights and buffers (the bench controls our last precision and the peer's build of it). A
+control's time over its twin's should be 1.00; how far it is tells how much a graph's place in this process alone
+moves its time (measured on the 2-core VM: four sessions of one int4 graph in one process were within 1-6% of each
+other in most processes, but 17% and 21% apart in two of eight), which bounds every ratio with that graph in the
+cell. Beyond ``CONTROL_MARGIN`` the cell is flagged.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from .graph_bytes import graph_stream_bytes
 from .stability import LoadWatch, SpreadRule, Stability, run_stable, spread
 
 CONTROL = "control"               # StepGraph.source of the control session
+CONTROL_SUFFIX = " (control)"     # its label: the twin's label + this
 CONTROL_MARGIN = 0.10             # control / twin farther from 1 than this: the cell's ratios are that uncertain
 
 
@@ -171,37 +173,32 @@ class StepCell:
     def get(self, source: str, precision: str) -> StepTiming | None:
         return next((t for t in self.timings if t.source == source and t.precision == precision), None)
 
-    def control(self) -> tuple[StepTiming, StepTiming] | None:
-        """(twin, control): the control session's timing and the first session of the same graph, if timed."""
-        ctl = next((t for t in self.timings if t.source == CONTROL), None)
-        twin = None if ctl is None else next((t for t in self.timings if t.source != CONTROL
-                                                and t.label == ctl.label.removesuffix(" (control)")), None)
-        return None if twin is None else (twin, ctl)
+    def controls(self) -> list[tuple[StepTiming, StepTiming]]:
+        """(twin, control) per control session timed: its timing and the first session of the same graph."""
+        twins = {t.label: t for t in self.timings if t.source != CONTROL}
+        return [(twins[c.label.removesuffix(CONTROL_SUFFIX)], c) for c in self.timings
+                if c.source == CONTROL and c.label.removesuffix(CONTROL_SUFFIX) in twins]
 
-    def control_ratio(self) -> float | None:
-        """The control's time over its twin's, paired round by round (1.00: a graph's place in the process does not
-        move its time)."""
-        pair = self.control()
-        return None if pair is None else pair[0].speedup_over(pair[1])
+    def control_ratios(self) -> dict[str, float]:
+        """{twin label: the control's time over its twin's, paired round by round} (1.00: a graph's place in the
+        process does not move its time)."""
+        return {twin.label: twin.speedup_over(ctl) for twin, ctl in self.controls()}
 
     def control_notes(self) -> list[str]:
-        """A warning when the control is more than ``CONTROL_MARGIN`` away from its twin."""
-        r = self.control_ratio()
-        if r is None or abs(r - 1) <= CONTROL_MARGIN:
-            return []
-        twin = self.control()[0].label
-        return [f"decode steps at past {self.past}: two sessions of one graph ({twin}) ran {r:.2f}x apart in this "
-                f"process (more than {CONTROL_MARGIN:.0%}): every ratio of the cell is uncertain by as much"]
+        """A warning per control more than ``CONTROL_MARGIN`` away from its twin."""
+        return [f"decode steps at past {self.past}: two sessions of one graph ({label}) ran {r:.2f}x apart in this "
+                f"process (more than {CONTROL_MARGIN:.0%}): every ratio with it in this cell is uncertain by as much"
+                for label, r in self.control_ratios().items() if abs(r - 1) > CONTROL_MARGIN]
 
     def to_json(self) -> dict:
         return {"past": self.past, "timings": [asdict(t) | {"step_bytes": t.step_bytes} for t in self.timings],
-                "stability": self.stability.to_json(), "control_ratio": self.control_ratio()}
+                "stability": self.stability.to_json(), "control_ratios": self.control_ratios()}
 
 
 def control_of(graph: StepGraph) -> StepGraph:
     """A second session of ``graph`` (the same file loaded again: its own weights, arena and buffers), labelled as
     its control; time it last in every round."""
-    return StepGraph(f"{graph.label} (control)", CONTROL, graph.precision, graph.path, graph.cfg, graph.threads,
+    return StepGraph(graph.label + CONTROL_SUFFIX, CONTROL, graph.precision, graph.path, graph.cfg, graph.threads,
                      graph.project, graph.scales, graph.layout)
 
 

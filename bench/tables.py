@@ -93,12 +93,13 @@ def _steps_table(cells: list[StepCell]) -> str:
             lines.append(f"{t.label:<12}{t.past:>6} {t.ms:>8.2f} {_times(vs):>8} {size_text(t.step_bytes):>9} "
                          f"{t.gbps:>6.1f} {_pct(t.fraction):>7} {_pct(t.read_fraction):>7} {cos:>11} {spread:>6} "
                          f"{load:>6}")
-    controls = [c for c in cells if c.control() is not None]
-    if controls:
-        lines.append(f"control: a second session of {controls[0].control()[0].label}, timed last in every round; its "
-                     "time / the first's: " + ", ".join(f"{c.control_ratio():.2f}x at past {c.past}" for c in controls)
-                     + f" (1.00: a graph's place in the process does not move it; beyond 1 +/- {CONTROL_MARGIN:.2f} "
-                     "the cell is flagged)")
+    ratios = {c.past: c.control_ratios() for c in cells if c.control_ratios()}
+    if ratios:
+        per_graph = {label: [f"{r[label]:.2f}x at past {past}" for past, r in ratios.items() if label in r]
+                     for label in next(iter(ratios.values()))}
+        lines.append("controls (a second session of the graph, timed last in every round; its time / the first's; "
+                     f"1.00: a graph's place in the process does not move it; beyond 1 +/- {CONTROL_MARGIN:.2f} the "
+                     "cell is flagged): " + "; ".join(f"{label} {', '.join(v)}" for label, v in per_graph.items()))
     return "\n".join(lines)
 
 

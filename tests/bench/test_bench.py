@@ -67,8 +67,10 @@ def test_json_carries_every_figure(report):
     m = data["machine"]
     assert m["cpu"] and m["logical_cores"] >= 1 and m["ram_bytes"] > 0 and "onnxruntime" in m["versions"]
     assert len(m["load_start"]) == 3 and len(m["load_end"]) == 3
-    assert all(c["control_ratio"] > 0 for c in data["steps"])
-    assert re.search(r"control: a second session of ours fp16, .*x at past 5, .*x at past 30", report_table(report))
+    assert all(set(c["control_ratios"]) == {"ours fp16"} and c["control_ratios"]["ours fp16"] > 0
+               for c in data["steps"])
+    assert re.search(r"controls \(a second session of the graph.*\): ours fp16 \S+x at past 5, \S+x at past 30$",
+                     report_table(report), re.M)
     for run in data["runs"]:
         assert set(STAGES) <= set(run["stages"]) and {"decode_gbps", "decode_fraction", "sampler_gbps",
                                                       "head_cache_resident"} <= set(run["roofline"])
@@ -96,10 +98,10 @@ def test_precisions_in_one_run_with_ratios_against_the_first(report):
         ours32, ours16 = cell.get("ours", "fp32"), cell.get("ours", "fp16")
         assert ours16.weight_bytes < 0.75 * ours32.weight_bytes and ours16.cosine > 0.999
         assert ours32.cosine == pytest.approx(1.0) and ours32.kv_bytes == ours16.kv_bytes > 0
-        twin, control = cell.control()                   # a second session of the last graph, timed last
+        [(twin, control)] = cell.controls()              # a second session of the last graph, timed last
         assert (twin.label, control.label, control.source) == ("ours fp16", "ours fp16 (control)", "control")
         assert control.rel_l2 == twin.rel_l2 and control.round_ms != twin.round_ms     # same graph, same output
-        assert cell.control_ratio() > 0 and cell.timings[-1] is control
+        assert cell.control_ratios()["ours fp16"] > 0 and cell.timings[-1] is control
     assert report.peer["built"] is False and report.peer["why"] == "--peer off"
 
 

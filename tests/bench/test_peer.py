@@ -110,7 +110,7 @@ def test_peer_rows_in_table_and_json(peer_report):
     data = json.loads(json.dumps(report.to_json()))
     assert [c["past"] for c in data["steps"]] == [5, 40]
     assert {t["label"] for t in data["steps"][0]["timings"]} == {"ours fp32", "peer fp32", "peer int4",
-                                                                 "ours fp32 (control)"}
+                                                                 "ours fp32 (control)", "peer fp32 (control)"}
 
 
 def test_cached_builds_are_reused(peer_report, tiny_dir, monkeypatch):

@@ -86,30 +86,47 @@ def test_decode_speedups_pair_rounds_so_a_drift_between_rounds_cancels():
     assert t["int4 decode step >= 3x our fp32 (B=2, past 300)"].value == pytest.approx(3.0)
 
 
-def _control_cell(twin_rounds, control_rounds):
-    ms = lambda r: sorted(r)[len(r) // 2]                                              # noqa: E731
-    twin = StepTiming("ours int4", "ours", "int4", 300, 2, ms(twin_rounds), twin_rounds, 1 << 20, 1 << 10, 1.0,
-                      0.1, 0.2)
-    ctl = StepTiming("ours int4 (control)", "control", "int4", 300, 2, ms(control_rounds), control_rounds, 1 << 20,
-                     1 << 10, 1.0, 0.1, 0.2)
-    fp32 = StepTiming("ours fp32", "ours", "fp32", 300, 2, 12.0, [12.0] * len(twin_rounds), 1 << 20, 1 << 10, 1.0,
-                      0.1, 0.2)
-    return StepCell(300, [fp32, twin, ctl], Stability([1.0], 0, LoadReading([0.1], 2), SpreadRule()))
+def _rounds(label, source, precision, rounds):
+    return StepTiming(label, source, precision, 300, 2, sorted(rounds)[len(rounds) // 2], rounds, 1 << 20, 1 << 10,
+                      1.0, 0.1, 0.2)
+
+
+def _control_cell(ours_int4, its_control, peer_int4=None, peer_control=None):
+    """A past-300 cell from round times: ours fp32 at 12 ms, ours int4 and its control, optionally the peer's int4
+    and its control."""
+    timings = [_rounds("ours fp32", "ours", "fp32", [12.0] * len(ours_int4)),
+               _rounds("ours int4", "ours", "int4", ours_int4)]
+    timings += [_rounds("peer int4", "peer", "int4", peer_int4)] if peer_int4 else []
+    timings += [_rounds("ours int4 (control)", "control", "int4", its_control)]
+    timings += [_rounds("peer int4 (control)", "control", "int4", peer_control)] if peer_control else []
+    return StepCell(300, timings, Stability([1.0], 0, LoadReading([0.1], 2), SpreadRule()))
 
 
 def test_a_control_far_from_its_twin_flags_the_cell_and_shows_in_the_targets():
     """Two sessions of one graph 1.3x apart (paired by round): the cell gets a warning naming the graph and the
-    ratio, the targets carry the control; 1.05x apart is within the margin; the control is never 'ours'."""
+    ratio, the targets carry the control; 1.05x apart is within the margin; a control is never 'ours'."""
     far = _control_cell([4.0, 4.0, 4.0], [5.2, 5.2, 5.2])
-    assert far.control_ratio() == pytest.approx(1.3)
+    assert far.control_ratios() == {"ours int4": pytest.approx(1.3)}
     [note] = far.control_notes()
-    assert "ours int4" in note and "1.30x apart" in note and "past 300" in note
+    assert "(ours int4)" in note and "1.30x apart" in note and "past 300" in note
     report = _report(["fp32", "int4"], [far], [], {})
     assert note in report.warnings()
     t = _by_name(precision_targets(report))["int4 decode step >= 3x our fp32 (B=2, past 300)"]
-    assert t.value == pytest.approx(3.0) and "control 1.30x" in t.evidence    # the target reads the first session
+    assert t.value == pytest.approx(3.0) and "control ours int4 1.30x" in t.evidence   # the first session's time
     near = _control_cell([4.0, 4.0, 4.0], [4.2, 4.2, 4.2])
-    assert near.control_ratio() == pytest.approx(1.05) and near.control_notes() == []
+    assert near.control_ratios() == {"ours int4": pytest.approx(1.05)} and near.control_notes() == []
     assert far.get("ours", "int4").label == "ours int4"
     plain = StepCell(300, far.timings[:2], far.stability)
-    assert plain.control() is None and plain.control_ratio() is None and plain.control_notes() == []
+    assert plain.controls() == [] and plain.control_ratios() == {} and plain.control_notes() == []
+
+
+def test_the_peer_target_carries_both_controls():
+    """The peer's int4 session placed badly (its control 0.8x of it): the peer target shows both controls and the
+    warning names the peer's graph, not ours."""
+    cell = _control_cell([4.0, 4.0, 4.0], [4.0, 4.0, 4.0], [5.0, 5.0, 5.0], [4.0, 4.0, 4.0])
+    assert cell.control_ratios() == {"ours int4": pytest.approx(1.0), "peer int4": pytest.approx(0.8)}
+    [note] = cell.control_notes()
+    assert "(peer int4)" in note and "0.80x apart" in note
+    peer = _by_name(precision_targets(_report(["fp32", "int4"], [cell], [], {})))[
+        "our int4 decode step no slower than onnxruntime-genai int4 (B=2, past 300)"]
+    assert peer.value == pytest.approx(1.25) and "control ours int4 1.00x, peer int4 0.80x" in peer.evidence
