@@ -76,12 +76,13 @@ def _ratio_table(runs: list[RunResult], first: str) -> str:
 
 
 def _steps_table(cells: list[StepCell]) -> str:
-    head = (f"{'graph':<12}{'past':>6} {'ms/step':>8} {'vs fp32':>8} {'read/step':>9} {'GB/s':>6} {'of copy':>7} "
+    w = max([12] + [len(t.label) + 1 for c in cells for t in c.timings])      # the controls' labels are longer
+    head = (f"{'graph':<{w}}{'past':>6} {'ms/step':>8} {'vs fp32':>8} {'read/step':>9} {'GB/s':>6} {'of copy':>7} "
             f"{'of read':>7} {'cos vs fp32':>11} {'spread':>6} {'load':>6}")
     lines = ["decode step micro-benchmark (rows = 2 CFG rows of one image, one text token at position 'past' over "
-             "'past' cached slots (a buffer of past+1, as the runtime's cache), interleaved rounds in this process; read/step: initializers read (lookup tables "
-             "excluded) + past K/V; 'vs fp32': our fp32 step / this step, paired round by round, median over "
-             "rounds)", head, "-" * len(head)]
+             "'past' cached slots (a buffer of past+1, as the runtime's cache), interleaved rounds in this process; "
+             "read/step: initializers read (lookup tables excluded) + past K/V; 'vs fp32': our fp32 step / this "
+             "step, paired round by round, median over rounds)", head, "-" * len(head)]
     for c in cells:
         base = c.get("ours", "fp32")
         st = c.stability
@@ -90,7 +91,7 @@ def _steps_table(cells: list[StepCell]) -> str:
         for t in c.timings:
             vs = None if base is None else t.speedup_over(base)
             cos = "-" if t.cosine is None else f"{t.cosine:.6f}"
-            lines.append(f"{t.label:<12}{t.past:>6} {t.ms:>8.2f} {_times(vs):>8} {size_text(t.step_bytes):>9} "
+            lines.append(f"{t.label:<{w}}{t.past:>6} {t.ms:>8.2f} {_times(vs):>8} {size_text(t.step_bytes):>9} "
                          f"{t.gbps:>6.1f} {_pct(t.fraction):>7} {_pct(t.read_fraction):>7} {cos:>11} {spread:>6} "
                          f"{load:>6}")
     ratios = {c.past: c.control_ratios() for c in cells if c.control_ratios()}
