@@ -5,9 +5,10 @@ from __future__ import annotations
 LOOKUP_INPUTS = {"Gather": (0,), "GatherBlockQuantized": (0, 1, 2), "GroupQueryAttention": (7, 8)}
 
 
-def graph_stream_bytes(path) -> int:
+def graph_stream_bytes(path, lookups: bool = False) -> int:
     """Initializer bytes one call of an ONNX graph must read: every initializer, as stored (4-bit packed weights and
-    their scales included), except lookup tables whose every use is a row gather (``LOOKUP_INPUTS``)."""
+    their scales included), except lookup tables whose every use is a row gather (``LOOKUP_INPUTS``); with
+    ``lookups`` every initializer (what a session of the graph holds in memory)."""
     import onnx
 
     from nextstep_trt.export.lint import tensor_nbytes
@@ -15,6 +16,6 @@ def graph_stream_bytes(path) -> int:
     graph = onnx.load(str(path), load_external_data=False).graph
     full: set[str] = set()
     for node in graph.node:
-        lookup = LOOKUP_INPUTS.get(node.op_type, ())
+        lookup = () if lookups else LOOKUP_INPUTS.get(node.op_type, ())
         full.update(name for i, name in enumerate(node.input) if name and i not in lookup)
     return sum(tensor_nbytes(t) for t in graph.initializer if t.name in full)

@@ -7,14 +7,17 @@ import numpy as np
 
 from nextstep_trt.core.errors import UserError
 from nextstep_trt.core.precision import Precision
+from nextstep_trt.core.resources import free_ram, size_text
 from nextstep_trt.core.tolerances import graph_bound
 from nextstep_trt.export.ort_kvcache import read_scales
 from nextstep_trt.ref.weights import iter_shard_tensors, shard_files
 
+from .graph_bytes import graph_stream_bytes
 from .peer import build_peer, kv_scale_file, peer_installed, peer_precisions
 from .results import BenchReport
 from .steps import StepGraph, StepOptions, control_of, time_decode_steps
 
+CONTROL_RAM_FACTOR = 2          # RAM a control session may take, in multiples of its graph's initializer bytes
 # The peer's fp32 build must give our fp32 cond within the fp32 graph bound, else the conversion is wrong.
 PEER_FP32_BOUND = graph_bound("backbone", Precision.FP32, "cond")
 
@@ -106,6 +109,20 @@ def check_peer(report: BenchReport) -> None:
                             f"{PEER_FP32_BOUND.describe()}): both run the same model")
 
 
+def controls_that_fit(twins: list[StepGraph], free: int) -> tuple[list[StepGraph], list[str]]:
+    """A control session (``steps.control_of``) of each of ``twins`` whose weights fit twice in ``free`` bytes of
+    RAM (ONNX Runtime may hold a prepacked copy beside the loaded one), and a note for each left without."""
+    controls, notes = [], []
+    for g in twins:
+        need = CONTROL_RAM_FACTOR * graph_stream_bytes(g.path, lookups=True)
+        if need > free:
+            notes.append(f"decode steps: no control session of {g.label} (it would need ~{size_text(need)} of the "
+                         f"{size_text(free)} of RAM available)")
+            continue
+        controls.append(control_of(g))
+    return controls, notes
+
+
 def run_step_phase(bench, report: BenchReport) -> None:
     """Time our graphs and the peer's at every decode past of the options; results into ``report``."""
     from nextstep_trt.export.manifest import Manifest
@@ -123,7 +140,9 @@ def run_step_phase(bench, report: BenchReport) -> None:
                      report.peer.get("failed", {}).items()]
     opts = StepOptions(tuple(o.decode_pasts), 2, o.decode_rounds, o.decode_steps, o.threads, o.seed, o.spread)
     twins = [graphs[-1]] + [g for g in peers if g.precision == graphs[-1].precision]
-    timed = graphs + peers + [control_of(g) for g in twins]           # the controls last: see steps.py
+    controls, skipped = controls_that_fit(twins, free_ram())
+    report.notes += skipped
+    timed = graphs + peers + controls                                  # the controls last: see steps.py
     bench.log(f"[decode steps] {', '.join(g.label for g in timed)} at past {', '.join(map(str, o.decode_pasts))}")
     report.steps = time_decode_steps(timed, opts, report.bandwidth.gbps, report.bandwidth.read_gbps, bench.watch)
     for cell in report.steps:

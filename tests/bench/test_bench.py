@@ -139,3 +139,24 @@ def test_wrong_backend_shows_in_parity(tiny_dir, tiny_artifacts, monkeypatch):
     assert any("eager reference (torch) was added" in n for n in bad.notes)
     quality = bad.run("onnxruntime", 1).psnr_db
     assert math.isfinite(quality) and quality < 30
+
+
+def test_a_control_is_left_out_where_a_second_session_would_not_fit(tiny_dir, tiny_artifacts):
+    """The bench loads a control session only where twice its graph's weights fit in the RAM available (a 14.9 B
+    backbone's second session would not); otherwise it says so in a note naming the graph."""
+    from pathlib import Path
+
+    from nextstep_trt.bench.graph_bytes import graph_stream_bytes
+    from nextstep_trt.bench.step_phase import controls_that_fit
+    from nextstep_trt.bench.steps import CONTROL, StepGraph
+    from nextstep_trt.ref.config import load_config
+
+    path = Path(tiny_artifacts[0]) / "fp32" / "backbone.onnx"
+    graph = StepGraph("ours fp32", "ours", "fp32", path, load_config(tiny_dir))
+    size = graph_stream_bytes(path, lookups=True)
+    assert size > graph.weight_bytes                                    # the embedding table is held, not streamed
+    [control], notes = controls_that_fit([graph], 2 * size)
+    assert notes == [] and control.source == CONTROL and control.label == "ours fp32 (control)"
+    assert control.session is not graph.session and control.path == graph.path
+    none, [note] = controls_that_fit([graph], 2 * size - 1)
+    assert none == [] and "no control session of ours fp32" in note and "RAM available" in note
