@@ -92,7 +92,7 @@ THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 HUGETLB_TUNABLE = "glibc.malloc.hugetlb"
 HUGETLB_HINT = (f"GLIBC_TUNABLES={HUGETLB_TUNABLE}=1 before the process starts puts glibc's big allocations (ONNX "
                 "Runtime's weights and buffers) on transparent huge pages: CPU decode steps 4-8% faster on the 2-core "
-                "test VM (README, "Weight-only INT4 / INT8")")
+                "test VM (README, 'Weight-only INT4 / INT8')")
 
 
 def huge_pages(thp_file: str = THP_ENABLED, environ=None) -> dict[str, str]:
