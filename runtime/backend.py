@@ -46,6 +46,7 @@ class HostKVCache:
         shape = (rows, bb.num_kv_heads, capacity, bb.head_dim)
         self.names = kv_names("past_key", bb.num_layers) + kv_names("past_value", bb.num_layers)
         self.buffers = {n: np.zeros(shape, dtype=dtype) for n in self.names}
+        self.buffer_ids = frozenset(id(b) for b in self.buffers.values())    # is an array one of them (fast)
         self.mask = np.zeros((rows, capacity), dtype=np.int64)
         self.pos = 0
 
