@@ -142,7 +142,7 @@ def run_step_phase(bench, report: BenchReport) -> None:
     twins = [graphs[-1]] + [g for g in peers if g.precision == graphs[-1].precision]
     controls, skipped = controls_that_fit(twins, free_ram())
     report.notes += skipped
-    timed = graphs + peers + controls                                  # the controls last: see steps.py
+    timed = graphs + peers + controls                                  # in a random order each round
     bench.log(f"[decode steps] {', '.join(g.label for g in timed)} at past {', '.join(map(str, o.decode_pasts))}")
     report.steps = time_decode_steps(timed, opts, report.bandwidth.gbps, report.bandwidth.read_gbps, bench.watch)
     for cell in report.steps:

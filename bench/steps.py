@@ -7,13 +7,14 @@ preallocated outputs. Every graph reads its past from one buffer of ``past + 1``
 for the new token, as in the runtime's cache: ours with ``past_mask`` marking the ``past`` valid slots (a graph with
 ONNX Runtime's fused attention gets its ``present_*`` outputs bound to that buffer, as the runtime binds them), the
 peer's GroupQueryAttention graph in onnxruntime-genai's own mode, past and present sharing the buffer. Rounds interleave
-the graphs (round r times ``steps`` calls of each graph in turn), so a load change hits every graph alike; a
-round's median is one timed repeat for the spread rule (``stability.py``).
+the graphs (round r times ``steps`` calls of each graph in turn, in a new random order every round, seeded), so a
+load change hits every graph alike and no graph always follows the same one; a round's median is one timed repeat
+for the spread rule (``stability.py``).
 
-The last graphs of every round are *controls* (``control_of``): a second session of a graph, the same file loaded
+Among the graphs are *controls* (``control_of``): a second session of a graph, the same file loaded
 again, with its own weights and buffers (the bench controls our last precision and the peer's build of it). A
 control's time over its twin's should be 1.00; how far it is tells how much a graph's place in this process alone
-moves its time (measured on the 2-core VM: four sessions of one int4 graph in one process were within 1-6% of each
+moves its time, its place in the round aside (measured on the 2-core VM: four sessions of one int4 graph in one process were within 1-6% of each
 other in most processes, but 17% and 21% apart in two of eight), which bounds every ratio with that graph in the
 cell. Beyond ``CONTROL_MARGIN`` the cell is flagged.
 """
@@ -197,7 +198,7 @@ class StepCell:
 
 def control_of(graph: StepGraph) -> StepGraph:
     """A second session of ``graph`` (the same file loaded again: its own weights, arena and buffers), labelled as
-    its control; time it last in every round."""
+    its control."""
     return StepGraph(graph.label + CONTROL_SUFFIX, CONTROL, graph.precision, graph.path, graph.cfg, graph.threads,
                      graph.project, graph.scales, graph.layout)
 
@@ -209,11 +210,19 @@ def random_past(cfg: NextStepConfig, rows: int, past: int, seed: int) -> dict[tu
             for i in range(bb.num_layers) for kind in ("key", "value")}
 
 
+def round_order(graphs: list, rng: np.random.Generator) -> list:
+    """The graphs in a fresh random order for one round: a graph's place in the round (what ran just before it)
+    spreads over every graph instead of favouring one (measured: the two controls, always timed last, ran 15% faster
+    than their twins in one run)."""
+    return [graphs[i] for i in rng.permutation(len(graphs))]
+
+
 def _timed_rounds(graphs: list[StepGraph], opts: StepOptions) -> tuple[float | None, dict[str, list[float]]]:
     """One attempt: (widest per-graph spread of round medians, label -> every timed step in seconds by round)."""
     steps: dict[str, list[list[float]]] = {g.label: [] for g in graphs}
+    rng = np.random.default_rng(opts.seed)
     for _ in range(opts.rounds):
-        for g in graphs:
+        for g in round_order(graphs, rng):
             times = []
             for _ in range(opts.steps):
                 start = time.perf_counter()

@@ -98,7 +98,7 @@ def _steps_table(cells: list[StepCell]) -> str:
     if ratios:
         per_graph = {label: [f"{r[label]:.2f}x at past {past}" for past, r in ratios.items() if label in r]
                      for label in next(iter(ratios.values()))}
-        lines.append("controls (a second session of the graph, timed last in every round; its time / the first's; "
+        lines.append("controls (a second session of the graph, timed in every round; its time / the first's; "
                      f"1.00: a graph's place in the process does not move it; beyond 1 +/- {CONTROL_MARGIN:.2f} the "
                      "cell is flagged): " + "; ".join(f"{label} {', '.join(v)}" for label, v in per_graph.items()))
     return "\n".join(lines)

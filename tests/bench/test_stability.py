@@ -114,3 +114,28 @@ def test_targets_are_not_applicable_off_the_bench_preset_and_carry_the_load():
 
 def test_load_reading_without_samples():
     assert LoadReading().peak is None and not LoadReading(samples=[float("nan")]).over
+
+
+def test_decode_rounds_shuffle_the_graph_order():
+    """Every round times every graph once, in a new seeded order: no graph always follows the same one."""
+    from nextstep_trt.bench.steps import StepOptions, _timed_rounds
+
+    calls = []
+
+    class Fake:
+        def __init__(self, label):
+            self.label = label
+
+        def run(self):
+            calls.append(self.label)
+
+    graphs = [Fake(x) for x in "abcd"]
+    opts = StepOptions(rounds=6, steps=2, seed=3)
+    _, steps = _timed_rounds(graphs, opts)
+    rounds = [calls[i:i + 8:2] for i in range(0, len(calls), 8)]            # each graph's first call of a round
+    assert len(rounds) == 6 and all(sorted(r) == list("abcd") for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1 and any(r[-1] != "d" for r in rounds)
+    assert all(len(steps[x]) == 6 and all(len(r) == 2 for r in steps[x]) for x in "abcd")
+    calls.clear()
+    _timed_rounds(graphs, opts)
+    assert [calls[i:i + 8:2] for i in range(0, len(calls), 8)] == rounds        # seeded: the same orders again
