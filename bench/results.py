@@ -171,7 +171,7 @@ class BenchReport:
     def warnings(self) -> list[str]:
         """Every cell's load and spread warnings, in run order."""
         return [n for r in self.runs for n in r.notes()] + \
-            [n for c in self.steps for n in c.stability.notes(f"decode steps at past {c.past}") + c.control_notes()]
+            [n for c in self.steps for n in c.warnings()]
 
     def cells_under_load(self) -> list[str]:
         return [r.cell for r in self.runs if r.under_load] + \

@@ -147,5 +147,5 @@ def run_step_phase(bench, report: BenchReport) -> None:
     report.steps = time_decode_steps(timed, opts, report.bandwidth.gbps, report.bandwidth.read_gbps, bench.watch)
     for cell in report.steps:
         bench.log("  past {}: ".format(cell.past) + ", ".join(f"{t.label} {t.ms:.2f} ms" for t in cell.timings)
-                  + "".join(f"\n  ! {n}" for n in cell.stability.notes(f"decode steps at past {cell.past}")))
+                  + "".join(f"\n  ! {n}" for n in cell.warnings()))
     check_peer(report)

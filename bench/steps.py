@@ -14,9 +14,9 @@ for the spread rule (``stability.py``).
 Among the graphs are *controls* (``control_of``): a second session of a graph, the same file loaded
 again, with its own weights and buffers (the bench controls our last precision and the peer's build of it). A
 control's time over its twin's should be 1.00; how far it is tells how much a graph's place in this process alone
-moves its time, its place in the round aside (measured on the 2-core VM: four sessions of one int4 graph in one process were within 1-6% of each
-other in most processes, but 17% and 21% apart in two of eight), which bounds every ratio with that graph in the
-cell. Beyond ``CONTROL_MARGIN`` the cell is flagged.
+moves its time, its place in the round aside (measured on the 2-core VM: four sessions of one int4 graph in one
+process were within 1-6% of each other in most processes, but 17% and 21% apart in two of eight), which bounds
+every ratio with that graph in the cell. Beyond ``CONTROL_MARGIN`` the cell is flagged.
 """
 from __future__ import annotations
 
@@ -190,6 +190,10 @@ class StepCell:
         return [f"decode steps at past {self.past}: two sessions of one graph ({label}) ran {r:.2f}x apart in this "
                 f"process (more than {CONTROL_MARGIN:.0%}): every ratio with it in this cell is uncertain by as much"
                 for label, r in self.control_ratios().items() if abs(r - 1) > CONTROL_MARGIN]
+
+    def warnings(self) -> list[str]:
+        """The cell's load and spread warnings, then its controls'."""
+        return self.stability.notes(f"decode steps at past {self.past}") + self.control_notes()
 
     def to_json(self) -> dict:
         return {"past": self.past, "timings": [asdict(t) | {"step_bytes": t.step_bytes} for t in self.timings],

@@ -94,7 +94,7 @@ def _steps_table(cells: list[StepCell]) -> str:
             lines.append(f"{t.label:<{w}}{t.past:>6} {t.ms:>8.2f} {_times(vs):>8} {size_text(t.step_bytes):>9} "
                          f"{t.gbps:>6.1f} {_pct(t.fraction):>7} {_pct(t.read_fraction):>7} {cos:>11} {spread:>6} "
                          f"{load:>6}")
-    ratios = {c.past: c.control_ratios() for c in cells if c.control_ratios()}
+    ratios = {c.past: r for c in cells if (r := c.control_ratios())}
     if ratios:
         per_graph = {label: [f"{r[label]:.2f}x at past {past}" for past, r in ratios.items() if label in r]
                      for label in next(iter(ratios.values()))}
