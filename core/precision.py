@@ -27,6 +27,22 @@ class Precision(str, enum.Enum):
             raise UserError(f"unknown precision {value!r}; choose from {', '.join(p.value for p in cls)}") from None
 
 
+BLOCK_SIZES = (16, 32, 64, 128, 256)      # MatMulNBits: a power of two >= 16; TensorRT documents 64 and 128 for int4
+
+
+def block_note(recipe: dict) -> str | None:
+    """For a weight-only recipe whose block size left linears unquantized: how many, their input widths and the
+    biggest block size that takes them all (None when the block size kept none out)."""
+    block = recipe["block_size"]
+    widths = [k["K"] for k in recipe.get("kept_high_precision", []) if k.get("K", 0) % block]
+    if not widths:
+        return None
+    fits = [b for b in BLOCK_SIZES if all(w % b == 0 for w in widths)]
+    hint = f"; --block-size {max(fits)} would quantize them" if fits else ""
+    return (f"{len(widths)} linear(s) of input width {', '.join(map(str, sorted(set(widths))))} stay fp32: not a "
+            f"multiple of the block size {block}{hint}")
+
+
 class KVCache(str, enum.Enum):
     """What the ONNX Runtime backbone keeps its KV cache in: the graph's float type, or int8 codes with static
     per-channel scales (``quantize --kv-cache int8``, export/ort_kvcache.py; an int4/int8 graph's option)."""

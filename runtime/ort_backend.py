@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nextstep_trt.core.precision import Precision
+from nextstep_trt.core.precision import Precision, block_note
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.export.ort_attention import continues_cache, in_place_outputs, run_rows
 from nextstep_trt.export.ort_kvcache import level1_runner, read_scales
@@ -39,6 +39,10 @@ class OrtBackend(Backend):
         fallback = sorted(g for g, p in self.graph_precision.items() if p != self.precision)
         if fallback:
             self._notice(f"no {self.precision.value} graph for {', '.join(fallback)}: running it at fp32")
+        for g, p in self.graph_precision.items():
+            recipe = self.manifest.entry(g, p).get("recipe", {}) if p.weight_only else {}
+            if recipe and not recipe.get("quantized") and (note := block_note(recipe)):
+                self._notice(f"the {p.value} {g} graph quantizes no linear ({note}): its weights run at fp32")
         self.profile = self.manifest.profile
         self.device, self.threads, self.profile_prefix = device, threads, profile_prefix
         self._sessions: dict[str, object] = {}

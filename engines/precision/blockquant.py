@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nextstep_trt.core.precision import BLOCK_SIZES  # noqa: F401  (re-exported: the quantizer's own list)
+
 BITS = (4, 8)
-BLOCK_SIZES = (16, 32, 64, 128, 256)      # MatMulNBits: a power of two >= 16; TensorRT documents 64 and 128 for int4
 
 
 def qmax(bits: int) -> int:

@@ -100,7 +100,8 @@ def choose_sites(model: onnx.ModelProto, params: dict[str, np.ndarray], exclude:
         node, dims = nodes[c.node], tuple(inits[c.weight].dims)
         reason = c.reason or _layout_problem(node, dims, block)
         if reason:
-            kept.append(c.to_dict() | {"reason": reason})
+            width = {"K": dims[1] if node.op_type == "Gemm" else dims[0]} if len(dims) == 2 and not c.reason else {}
+            kept.append(c.to_dict() | {"reason": reason} | width)           # K: kept for its layout (block_note)
         else:
             sites.append(Site(c.node, c.weight, node.op_type == "Gemm", c.params))
     return sites, kept

@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 
 from nextstep_trt.core.errors import UserError
-from nextstep_trt.core.precision import KVCache, Precision
+from nextstep_trt.core.precision import KVCache, Precision, block_note
 from nextstep_trt.core.resources import free_ram, size_text
 from nextstep_trt.core.report import ParityReport
 from nextstep_trt.export.manifest import Manifest
@@ -82,7 +82,8 @@ def quantize_weight_only(opts: QuantizeOptions, bundle: ModelBundle, manifest: M
         records[g] = manifest.entry(g, opts.precision)
         return (f"{g} [{opts.precision.value}]: {records[g]['bytes'] / 2**20:.2f} MiB (both files), "
                 f"{len(sites)} linear nodes int{cfg.bits}, {len(kept)} kept"
-                + (f", {validation_text(records[g]['validation'])}" if report.rows else ""))
+                + (f", {validation_text(records[g]['validation'])}" if report.rows else "")
+                + (f" -- {note}" if (note := block_note(recipe)) else ""))
 
     install_each(names, opts.precision, install, log)
     return records

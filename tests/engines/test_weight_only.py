@@ -272,6 +272,43 @@ def test_int4_backbone_writes_the_cache_in_place(art, monkeypatch):
     assert not np.allclose(_conds(art, "fp32")[1:], base["fp32"][1:], atol=1e-3)
 
 
+def test_block_note_names_the_widths_and_a_block_that_fits():
+    from nextstep_trt.core.precision import block_note
+
+    kept = [{"node": "a", "reason": "excluded by 'x.*'"},                          # the keep-list: not counted
+            {"node": "b", "reason": "input dimension 192 is not a multiple of the block size 128", "K": 192},
+            {"node": "c", "reason": "input dimension 192 is not a multiple of the block size 128", "K": 192}]
+    assert block_note({"block_size": 128, "kept_high_precision": kept}) == (
+        "2 linear(s) of input width 192 stay fp32: not a multiple of the block size 128; --block-size 64 would "
+        "quantize them")
+    assert block_note({"block_size": 64, "kept_high_precision": kept}) is None
+    odd = [{"node": "d", "reason": "input dimension 24 is not ...", "K": 24}]
+    assert block_note({"block_size": 32, "kept_high_precision": odd}).endswith("block size 32")   # no block fits
+
+
+def test_a_graph_the_block_size_leaves_unquantized_is_said_at_quantize_and_at_run(art, tiny_dir, tiny_bundle,
+                                                                                   tmp_path):
+    """Block 128 quantizes none of the tiny head's linears (widths 16, 32, 64): quantize says so with a block size
+    that would, and the ONNX Runtime backend says its weights run at fp32; at block 32 (``art``) it says nothing."""
+    from nextstep_trt.engines.precision.options import QuantizeOptions
+    from nextstep_trt.engines.precision.run import quantize_all
+    from nextstep_trt.runtime.api import open_backend
+
+    out = tmp_path / "art"
+    shutil.copytree(art, out)
+    lines = []
+    quantize_all(QuantizeOptions(tiny_dir, out, Precision.INT4, ["head_step"], block_size=128, validate=False),
+                 tiny_bundle, log=lines.append)
+    said = [ln for ln in lines if ln.startswith("head_step [int4]")]
+    assert len(said) == 1 and "0 linear nodes int4" in said[0] and "--block-size 16 would quantize them" in said[0]
+    said = {}
+    for folder in (out, art):
+        with open_backend("onnxruntime", artifacts=folder, precision="int4") as b:
+            said[folder] = [n for n in b.notices if "quantizes no linear" in n]
+    assert len(said[out]) == 1 and said[out][0].startswith("the int4 head_step graph quantizes no linear (")
+    assert said[art] == []
+
+
 @pytest.mark.parametrize("flags,level", [("fpu sse2 avx2 fma", 4), ("fp asimd asimddp", 4), ("fpu sse2 sse4_2", 1)])
 def test_default_accuracy_level_follows_the_cpu(tmp_path, flags, level):
     from nextstep_trt.engines.precision.weightonly import cpu_accuracy_level
