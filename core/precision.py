@@ -30,17 +30,30 @@ class Precision(str, enum.Enum):
 BLOCK_SIZES = (16, 32, 64, 128, 256)      # MatMulNBits: a power of two >= 16; TensorRT documents 64 and 128 for int4
 
 
-def block_note(recipe: dict) -> str | None:
-    """For a weight-only recipe whose block size left linears unquantized: how many, their input widths and the
-    biggest block size that takes them all (None when the block size kept none out)."""
+def block_misfit(recipe: dict) -> tuple[int, tuple[int, ...], int | None] | None:
+    """For a weight-only recipe whose block size left linears unquantized: (how many, their distinct input widths,
+    the biggest block size that takes them all or None); None when the block size kept none out."""
     block = recipe["block_size"]
     widths = [k["K"] for k in recipe.get("kept_high_precision", []) if k.get("K", 0) % block]
     if not widths:
         return None
     fits = [b for b in BLOCK_SIZES if all(w % b == 0 for w in widths)]
-    hint = f"; --block-size {max(fits)} would quantize them" if fits else ""
-    return (f"{len(widths)} linear(s) of input width {', '.join(map(str, sorted(set(widths))))} stay fp32: not a "
-            f"multiple of the block size {block}{hint}")
+    return len(widths), tuple(sorted(set(widths))), max(fits, default=None)
+
+
+def misfit_text(widths: tuple[int, ...], block: int, fit: int | None) -> str:
+    """'input width 64, 192 ... not a multiple of the block size 128; --block-size 64 would quantize them'."""
+    hint = f"; --block-size {fit} would quantize them" if fit else ""
+    return f"input width {', '.join(map(str, widths))} stay fp32: not a multiple of the block size {block}{hint}"
+
+
+def block_note(recipe: dict) -> str | None:
+    """``block_misfit`` as one line for quantize's log (None when the block size kept none out)."""
+    misfit = block_misfit(recipe)
+    if misfit is None:
+        return None
+    count, widths, fit = misfit
+    return f"{count} linear(s) of {misfit_text(widths, recipe['block_size'], fit)}"
 
 
 class KVCache(str, enum.Enum):

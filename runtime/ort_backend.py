@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nextstep_trt.core.precision import Precision, block_note
+from nextstep_trt.core.precision import Precision, block_misfit, misfit_text
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.export.ort_attention import continues_cache, in_place_outputs, run_rows
 from nextstep_trt.export.ort_kvcache import level1_runner, read_scales
@@ -39,10 +39,7 @@ class OrtBackend(Backend):
         fallback = sorted(g for g, p in self.graph_precision.items() if p != self.precision)
         if fallback:
             self._notice(f"no {self.precision.value} graph for {', '.join(fallback)}: running it at fp32")
-        for g, p in self.graph_precision.items():
-            recipe = self.manifest.entry(g, p).get("recipe", {}) if p.weight_only else {}
-            if recipe and not recipe.get("quantized") and (note := block_note(recipe)):
-                self._notice(f"the {p.value} {g} graph quantizes no linear ({note}): its weights run at fp32")
+        self._notice_unquantized()
         self.profile = self.manifest.profile
         self.device, self.threads, self.profile_prefix = device, threads, profile_prefix
         self._sessions: dict[str, object] = {}
@@ -51,6 +48,18 @@ class OrtBackend(Backend):
         self._bound: dict[tuple[str, str], tuple | None] = {}   # (graph, tensor) -> (array, shape, dtype) bound
         self._plans: dict[str, tuple] = {}                       # graph -> (input signature, output plan), last call
         self._outputs: dict[tuple, np.ndarray] = {}
+
+    def _notice_unquantized(self) -> None:
+        """One notice per block-size miss for the graphs of a weight-only precision that quantize no linear."""
+        graphs: dict[tuple, list[str]] = {}
+        for g, p in self.graph_precision.items():
+            recipe = self.manifest.entry(g, p).get("recipe", {}) if p.weight_only else {}
+            misfit = block_misfit(recipe) if recipe and not recipe.get("quantized") else None
+            if misfit is not None:
+                graphs.setdefault((p.value, recipe["block_size"], *misfit[1:]), []).append(g)
+        for (p, block, widths, fit), names in graphs.items():
+            self._notice(f"the {p} {', '.join(names)} graph(s) quantize no linear (their linears of "
+                         f"{misfit_text(widths, block, fit)}): the weights run at fp32")
 
     def session(self, graph: str):
         """The graph's session, created on first use."""
