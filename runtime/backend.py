@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from nextstep_trt.core.errors import UserError
-from nextstep_trt.core.precision import KVCache
+from nextstep_trt.core.precision import KVCache, block_misfit, misfit_text
 from nextstep_trt.export.profile import SAMPLERS, guidance_of, sampler_of
 from nextstep_trt.export.spec import GraphSpec, kv_names
 from nextstep_trt.ref.config import NextStepConfig
@@ -36,6 +36,20 @@ def sampler_feeds(cond, noise, guidance: Guidance, cfg, cfg_img) -> Feeds:
     if guidance is Guidance.TEXT_IMAGE:
         feeds["cfg_img"] = cfg_img
     return feeds
+
+
+def unquantized_notices(manifest, graph_precision: dict) -> list[str]:
+    """One notice per block-size miss for the graphs of a weight-only precision that quantize no linear (their
+    weights then run at fp32): what the ONNX Runtime and TensorRT backends say when they open such graphs."""
+    graphs: dict[tuple, list[str]] = {}
+    for g, p in graph_precision.items():
+        recipe = manifest.entry(g, p).get("recipe", {}) if p.weight_only else {}
+        misfit = block_misfit(recipe) if recipe and not recipe.get("quantized") else None
+        if misfit is not None:
+            graphs.setdefault((p.value, recipe["block_size"], *misfit[1:]), []).append(g)
+    return [f"the {p} {', '.join(names)} graph(s) quantize no linear (their linears of "
+            f"{misfit_text(widths, block, fit)}): the weights run at fp32"
+            for (p, block, widths, fit), names in graphs.items()]
 
 
 class HostKVCache:

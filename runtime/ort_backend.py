@@ -6,14 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from nextstep_trt.core.precision import Precision, block_misfit, misfit_text
+from nextstep_trt.core.precision import Precision
 from nextstep_trt.export.manifest import Manifest
 from nextstep_trt.export.ort_attention import continues_cache, in_place_outputs, run_rows
 from nextstep_trt.export.ort_kvcache import level1_runner, read_scales
 from nextstep_trt.export.ort_session import make_session
 from nextstep_trt.ref.weights import head_shapes
 
-from .backend import Backend, Feeds
+from .backend import Backend, Feeds, unquantized_notices
 
 # With the default thread count (0), a cache-sized head runs on the calling thread: a head session with a pool of
 # its own spins against the backbone's pool between calls (bench preset, 2 cores: decode 37 -> 20 ms per step with
@@ -39,7 +39,8 @@ class OrtBackend(Backend):
         fallback = sorted(g for g, p in self.graph_precision.items() if p != self.precision)
         if fallback:
             self._notice(f"no {self.precision.value} graph for {', '.join(fallback)}: running it at fp32")
-        self._notice_unquantized()
+        for text in unquantized_notices(self.manifest, self.graph_precision):
+            self._notice(text)
         self.profile = self.manifest.profile
         self.device, self.threads, self.profile_prefix = device, threads, profile_prefix
         self._sessions: dict[str, object] = {}
@@ -48,18 +49,6 @@ class OrtBackend(Backend):
         self._bound: dict[tuple[str, str], tuple | None] = {}   # (graph, tensor) -> (array, shape, dtype) bound
         self._plans: dict[str, tuple] = {}                       # graph -> (input signature, output plan), last call
         self._outputs: dict[tuple, np.ndarray] = {}
-
-    def _notice_unquantized(self) -> None:
-        """One notice per block-size miss for the graphs of a weight-only precision that quantize no linear."""
-        graphs: dict[tuple, list[str]] = {}
-        for g, p in self.graph_precision.items():
-            recipe = self.manifest.entry(g, p).get("recipe", {}) if p.weight_only else {}
-            misfit = block_misfit(recipe) if recipe and not recipe.get("quantized") else None
-            if misfit is not None:
-                graphs.setdefault((p.value, recipe["block_size"], *misfit[1:]), []).append(g)
-        for (p, block, widths, fit), names in graphs.items():
-            self._notice(f"the {p} {', '.join(names)} graph(s) quantize no linear (their linears of "
-                         f"{misfit_text(widths, block, fit)}): the weights run at fp32")
 
     def session(self, graph: str):
         """The graph's session, created on first use."""

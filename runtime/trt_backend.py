@@ -18,7 +18,7 @@ from nextstep_trt.export.manifest import Manifest, sha256_file
 from nextstep_trt.export.spec import GraphSpec
 from nextstep_trt.ref.sampling import Guidance, SamplerConfig
 
-from .backend import Backend, Feeds, sampler_feeds
+from .backend import Backend, Feeds, sampler_feeds, unquantized_notices
 
 
 class TrtEngine:
@@ -201,6 +201,8 @@ class TrtBackend(Backend):
         self.graph_precision = self.manifest.graph_precisions(self.precision)    # fp32 where no such graph
         specs = {g: self.manifest.spec(g, p) for g, p in self.graph_precision.items()}
         super().__init__(self.manifest.config, specs)
+        for text in unquantized_notices(self.manifest, self.graph_precision):
+            self._notice(text)
         self.profile, self.cuda_graphs = self.manifest.profile, cuda_graphs
         flavor = flavor or _pick_flavor(self.artifacts)
         self.trt = import_flavor(flavor)

@@ -289,10 +289,12 @@ def test_block_note_names_the_widths_and_a_block_that_fits():
 def test_a_graph_the_block_size_leaves_unquantized_is_said_at_quantize_and_at_run(art, tiny_dir, tiny_bundle,
                                                                                    tmp_path):
     """Block 128 quantizes none of the tiny head_step's linears (widths 16, 32): quantize says so with a block size
-    that would, and the ONNX Runtime backend says its weights run at fp32; at block 32 (``art``) it says nothing."""
+    that would, and the ONNX Runtime backend says its weights run at fp32 (the TensorRT backend says the same
+    ``unquantized_notices``: it needs a GPU to open); at block 32 (``art``) nothing is said."""
     from nextstep_trt.engines.precision.options import QuantizeOptions
     from nextstep_trt.engines.precision.run import quantize_all
     from nextstep_trt.runtime.api import open_backend
+    from nextstep_trt.runtime.backend import unquantized_notices
 
     out = tmp_path / "art"
     shutil.copytree(art, out)
@@ -305,6 +307,7 @@ def test_a_graph_the_block_size_leaves_unquantized_is_said_at_quantize_and_at_ru
     for folder in (out, art):
         with open_backend("onnxruntime", artifacts=folder, precision="int4") as b:
             said[folder] = [n for n in b.notices if "quantize no linear" in n]
+            assert said[folder] == unquantized_notices(Manifest.load(folder), b.graph_precision)  # what TensorRT says
     assert len(said[out]) == 1 and said[out][0].startswith("the int4 head_step graph(s) quantize no linear (their "
                                                            "linears of input width 16, 32 stay fp32")
     assert said[art] == []
