@@ -30,6 +30,12 @@ class Precision(str, enum.Enum):
 BLOCK_SIZES = (16, 32, 64, 128, 256)      # MatMulNBits: a power of two >= 16; TensorRT documents 64 and 128 for int4
 
 
+def check_block_size(block: int) -> None:
+    """A UserError naming the allowed sizes unless ``block`` is one of ``BLOCK_SIZES``."""
+    if block not in BLOCK_SIZES:
+        raise UserError(f"--block-size {block} is not one of {', '.join(map(str, BLOCK_SIZES))}")
+
+
 def block_misfit(recipe: dict) -> tuple[int, tuple[int, ...], int | None] | None:
     """For a weight-only recipe whose block size left linears unquantized: (how many, their distinct input widths,
     the biggest block size that takes them all or None); None when the block size kept none out."""

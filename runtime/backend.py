@@ -46,7 +46,8 @@ def unquantized_notices(manifest, graph_precision: dict) -> list[str]:
         recipe = manifest.entry(g, p).get("recipe", {}) if p.weight_only else {}
         misfit = block_misfit(recipe) if recipe and not recipe.get("quantized") else None
         if misfit is not None:
-            graphs.setdefault((p.value, recipe["block_size"], *misfit[1:]), []).append(g)
+            _, widths, fit = misfit
+            graphs.setdefault((p.value, recipe["block_size"], widths, fit), []).append(g)
     return [f"the {p} {', '.join(names)} graph(s) quantize no linear (their linears of "
             f"{misfit_text(widths, block, fit)}): the weights run at fp32"
             for (p, block, widths, fit), names in graphs.items()]

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nextstep_trt.core.precision import BLOCK_SIZES  # noqa: F401  (re-exported: the quantizer's own list)
-
 BITS = (4, 8)
 
 

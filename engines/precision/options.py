@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from nextstep_trt.core.errors import CheckFailed, UserError
-from nextstep_trt.core.precision import KVCache, Precision
+from nextstep_trt.core.errors import CheckFailed
+from nextstep_trt.core.precision import KVCache, Precision, check_block_size
 from nextstep_trt.export.manifest import Manifest
 
-from .blockquant import BLOCK_SIZES
 from .weightonly import Method
 
 if TYPE_CHECKING:                                   # torch-free: the CLI builds options before torch loads
@@ -35,8 +34,7 @@ class QuantizeOptions:
     kv_cache: KVCache = KVCache.FP32           # int4/int8 ONNX Runtime backbone: its cache's type (export/ort_kvcache)
 
     def __post_init__(self):
-        if self.block_size not in BLOCK_SIZES:       # refused before the model loads
-            raise UserError(f"--block-size {self.block_size} is not one of {', '.join(map(str, BLOCK_SIZES))}")
+        check_block_size(self.block_size)            # refused before the model loads
 
 
 def calibrate(bundle: "ModelBundle", manifest: Manifest, prompts: list[str],

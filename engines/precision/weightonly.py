@@ -26,9 +26,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from nextstep_trt.core.errors import UserError
-from nextstep_trt.core.precision import Precision
+from nextstep_trt.core.precision import Precision, check_block_size
 
-from .blockquant import BLOCK_SIZES, Quantized, dq_tensor, nbits, quantize
+from .blockquant import Quantized, dq_tensor, nbits, quantize
 from .fp8 import FP8_EXCLUDE, FP8_GRAPHS, choose_linears
 
 WEIGHT_ONLY = {Precision.INT4: 4, Precision.INT8: 8}
@@ -57,8 +57,7 @@ class WeightOnlyConfig:
     accuracy_level: int = 4
 
     def __post_init__(self):
-        if self.block not in BLOCK_SIZES:
-            raise UserError(f"--block-size {self.block} is not one of {', '.join(map(str, BLOCK_SIZES))}")
+        check_block_size(self.block)
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise UserError(f"--accuracy-level {self.accuracy_level} is not one of 0..4")
 
