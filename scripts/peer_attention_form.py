@@ -20,16 +20,18 @@ import onnx
 from onnx import helper, numpy_helper
 
 from nextstep_trt.export.graph_edit import GraphIndex, drop_dead, toposort
+from nextstep_trt.ref.backbone import rope_cos_sin
 from nextstep_trt.ref.config import load_config
 
 MAX_POSITIONS = 4096
 
 
 def rotary_tables(head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin [MAX_POSITIONS, head_dim/2] of the default RoPE."""
-    inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim)
-    angles = np.arange(MAX_POSITIONS, dtype=np.float32)[:, None] * inv
-    return np.cos(angles), np.sin(angles)
+    """cos, sin [MAX_POSITIONS, head_dim/2]: the reference's own RoPE angles (``rope_cos_sin``), first half."""
+    import torch
+
+    cos, sin = rope_cos_sin(torch.arange(MAX_POSITIONS)[None], head_dim, theta)     # [1,1,P,D] each
+    return tuple(np.ascontiguousarray(t[0, 0, :, :head_dim // 2].numpy()) for t in (cos, sin))
 
 
 def peer_form(model: onnx.ModelProto, head_dim: int, theta: float) -> None:
