@@ -97,7 +97,7 @@ def _steps_table(cells: list[StepCell]) -> str:
     ratios = {c.past: r for c in cells if (r := c.control_ratios())}
     if ratios:
         per_graph = {label: [f"{r[label]:.2f}x at past {past}" for past, r in ratios.items() if label in r]
-                     for label in next(iter(ratios.values()))}
+                     for label in dict.fromkeys(label for r in ratios.values() for label in r)}   # every past's
         lines.append("controls (a second session of the graph, timed in every round; its time / the first's; "
                      f"1.00: a graph's place in the process does not move it; beyond 1 +/- {CONTROL_MARGIN:.2f} the "
                      "cell is flagged): " + "; ".join(f"{label} {', '.join(v)}" for label, v in per_graph.items()))
