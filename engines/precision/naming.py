@@ -98,6 +98,22 @@ def node_parameters(model: onnx.ModelProto, params: dict[str, np.ndarray]) -> di
     return {node: [name for name, _, _ in parts] for node, parts in weight_parts(model, params).items()}
 
 
+def check_globs(patterns: list[str] | tuple[str, ...] | None, names) -> None:
+    """A UserError naming every ``--exclude`` glob that matches none of ``names`` (the model's parameter names):
+    a typo there would otherwise quantize what the user meant to keep, silently."""
+    from nextstep_trt.core.errors import UserError
+
+    names = sorted(names)
+    unused = [p for p in patterns or () if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unused:
+        weights = [n for n in names if n.endswith(".weight")]
+        picks = [n for n in weights if n.startswith("layers.0.")][:3] + [n for n in weights if "res_blocks.0" in n][:1]
+        examples = ", ".join(picks or names[:4])
+        raise UserError(f"--exclude {', '.join(repr(p) for p in unused)} match(es) no parameter of the model: globs "
+                        f"must match a whole name of the checkpoint (fnmatch, case-sensitive: '*.q_proj.*' for every layer's "
+                        f"q_proj), e.g. {examples}")
+
+
 def matches(names: list[str], patterns: list[str]) -> str | None:
     """The first glob pattern (fnmatch) that any of ``names`` matches, else None."""
     for pattern in patterns:

@@ -19,6 +19,7 @@ from .autocast import FP16_SAFE_MAX, cast_summary, mixed_precision
 from .calibrate import DEFAULT_PROMPTS, read_prompts
 from .fp8 import E4M3_MAX, FP8_EXCLUDE, FP8_GRAPHS, choose_linears, insert_qdq
 from .keep import keep_fp32
+from .naming import check_globs
 from .overflow import OverflowProbe, OverflowReport
 from .options import QuantizeOptions, calibrate, install_each, validation_text
 from .ranges import RangeCollector, Runner
@@ -94,6 +95,7 @@ def _quantize_locked(opts: QuantizeOptions, bundle: ModelBundle | None, log) -> 
     prompts = list(DEFAULT_PROMPTS) + (read_prompts(opts.calib_file) if opts.calib_file else [])
     bundle = bundle or load_model(opts.model_dir)
     manifest.check_model(bundle.config, opts.model_dir)
+    check_globs(opts.exclude, bundle.model.state_dict().keys())
     if opts.precision.weight_only:
         return quantize_weight_only(opts, bundle, manifest, names, prompts, log)
     models = {g: onnx.load(manifest.path(g)) for g in names}

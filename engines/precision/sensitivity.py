@@ -19,6 +19,7 @@ import onnx
 from nextstep_trt.core.metrics import compare
 from nextstep_trt.core.precision import Precision
 
+from .naming import check_globs
 from .options import QuantizeOptions
 from .ranges import Runner
 from .weightonly import WEIGHT_ONLY_EXCLUDE, Method, Site, choose_sites, nbits_graph, quantize_sites
@@ -116,6 +117,7 @@ def sensitivity_report(opts: QuantizeOptions, bundle=None, log=print) -> Sensiti
     names = select_graphs(manifest, opts.precision, opts.graphs, log)
     bundle = bundle or load_model(opts.model_dir)
     manifest.check_model(bundle.config, opts.model_dir)
+    check_globs(opts.exclude, bundle.model.state_dict().keys())
     cfg, _ = weight_only_config(replace(opts, method=Method.RTN))
     params = {k: v.detach().float().numpy() for k, v in bundle.model.state_dict().items()}
     exclude = list(opts.exclude) if opts.exclude is not None else WEIGHT_ONLY_EXCLUDE

@@ -34,6 +34,7 @@ from nextstep_trt.export.sources import WeightSources
 from nextstep_trt.export.spotcheck import spot_check
 from nextstep_trt.ref.config import NextStepConfig
 
+from .naming import check_globs
 from .options import QuantizeOptions
 from .weightonly import TENSORRT_SUFFIX, WEIGHT_ONLY_EXCLUDE, WEIGHT_ONLY_GRAPHS, Method
 from .weightonly_make import base_recipe, check_pair, deployments
@@ -49,6 +50,7 @@ def quantize_low_memory(opts: QuantizeOptions, log=print) -> dict[str, dict]:
         raise UserError("--method awq searches clip ratios on activations the reference records, which needs the "
                         "model in memory: use --method rtn with --low-memory")
     cfg, sources = open_checkpoint(Path(opts.model_dir))
+    check_globs(opts.exclude, sources.stored.keys())
     Manifest.load(opts.artifacts)                        # not an artifacts folder: refused before taking its lock
     with artifacts_lock(opts.artifacts, log):
         manifest = Manifest.load(opts.artifacts)

@@ -74,7 +74,7 @@ def options(args):
     graphs = tuple(g.strip() for g in args.graphs.split(",") if g.strip()) if args.graphs else None
     return QuantizeOptions(Path(args.model), Path(args.artifacts), precision, graphs,
                            Path(args.calib) if args.calib else None, args.exclude, args.validate,
-                           args.block_size or 128, Method(args.method or "rtn"), args.accuracy_level, args.low_memory,
+                           128 if args.block_size is None else args.block_size, Method(args.method or "rtn"), args.accuracy_level, args.low_memory,
                            KVCache(args.kv_cache or "fp32"))
 
 

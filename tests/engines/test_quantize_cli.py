@@ -93,6 +93,13 @@ def test_the_exclusion_list_is_data(capsys, art, tiny_dir):
     (["--precision", "bf16", "--overflow-report"], "--overflow-report goes with --precision fp16"),
     (["--precision", "fp16", "--exclude", "lm_head.*"], "--exclude applies to --precision fp8, int8 or int4 only"),
     (["--precision", "fp8", "--calib", "/nonexistent/prompts.txt"], "cannot read calibration prompts"),
+    (["--precision", "int4", "--block-size", "0"], "--block-size 0 is not one of 16, 32, 64, 128, 256"),
+    # an --exclude glob that matches no parameter (a typo would quantize what was meant to stay) names itself only
+    (["--precision", "int8", "--exclude", "layers.*.q_proj,lm_head.*"],
+     "--exclude 'layers.*.q_proj' match(es) no parameter of the model"),
+    (["--precision", "fp8", "--exclude", "Embed_tokens.*"], "--exclude 'Embed_tokens.*' match(es) no parameter"),
+    (["--precision", "int4", "--sensitivity", "--exclude", "image_head.net.res_block.*"],
+     "--exclude 'image_head.net.res_block.*' match(es) no parameter"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, art, tiny_dir, argv, message):
     code, _, err = _run(capsys, "quantize", "--model", tiny_dir, "--artifacts", art, *argv)

@@ -120,6 +120,8 @@ def test_a_wrong_code_is_refused_and_the_installed_pair_kept(pair, ckpts, tmp_pa
     (["--precision", "fp8", "--low-memory"], "--low-memory applies to --precision int8 or int4 only"),
     (["--precision", "int4", "--low-memory", "--method", "awq"], "does not go with --method awq"),
     (["--precision", "int8", "--low-memory", "--sensitivity"], "does not go with --sensitivity"),
+    (["--precision", "int4", "--low-memory", "--exclude", "layers.*.o_proj"],
+     "--exclude 'layers.*.o_proj' match(es) no parameter"),
 ])
 def test_low_memory_refuses_what_needs_the_model_in_memory(ckpts, tmp_path, capsys, flags, message):
     code = main(["quantize", "--model", str(ckpts["bf16"]), "--artifacts", str(tmp_path)] + flags)
