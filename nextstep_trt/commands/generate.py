@@ -55,7 +55,8 @@ def add_arguments(name: str, p) -> None:
     p.add_argument("--backend", default="torch", choices=BACKENDS,
                    help="torch: the reference; onnxruntime / tensorrt: the exported graphs")
     p.add_argument("--artifacts", help="exported artifacts folder (onnxruntime and tensorrt backends)")
-    p.add_argument("--precision", default="fp32", help="graph precision for onnxruntime / tensorrt")
+    p.add_argument("--precision", default="fp32",
+                   help="graph precision for onnxruntime / tensorrt (the torch reference runs fp32 only)")
     p.add_argument("--out", required=True, help="output PNG; several images get _0, _1, ... suffixes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_generation_arguments(p, edit=name == "edit")
@@ -97,6 +98,11 @@ def check_early(args, opts) -> None:
     from nextstep_trt.ref.config import load_config
     from nextstep_trt.ref.latents import token_grid
 
+    from nextstep_trt.core.precision import Precision
+
+    if args.backend == "torch" and Precision.parse(args.precision) is not Precision.FP32:
+        raise UserError(f"--precision {args.precision}: the torch backend is the fp32 reference; graph precisions "
+                        "run on --backend onnxruntime or tensorrt (with --artifacts)")
     for prompt in args.prompt:
         check_text("--prompt", prompt)
     opts.guidance(edit=args.command == "edit")

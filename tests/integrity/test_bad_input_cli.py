@@ -78,8 +78,11 @@ def test_a_bad_config_json_is_named(capsys, model, tmp_path, text, needle):
 
 @pytest.mark.parametrize("extra,prompt,needle", [(["--seed", "-1"], "a fox", "seed -1 is outside 0.."),
                                                  ([], "bad \udcff\udcfe", "--prompt is not valid UTF-8"),
-                                                 (["--cfg", "inf"], "a fox", "cfg")],
-                         ids=["seed", "prompt-bytes", "cfg-inf"])
+                                                 (["--cfg", "inf"], "a fox", "cfg"),
+                                                 (["--precision", "int4"], "a fox",
+                                                  "--precision int4: the torch backend is the fp32 reference"),
+                                                 (["--precision", "int9"], "a fox", "unknown precision 'int9'")],
+                         ids=["seed", "prompt-bytes", "cfg-inf", "torch-int4", "precision-typo"])
 def test_bad_options_are_refused_before_the_model_loads(capsys, tmp_path, extra, prompt, needle):
     missing = tmp_path / "no-model-here"            # options are checked first: the folder is never read
     _one_line(capsys, _generate(missing, tmp_path / "o.png", *extra, prompt=prompt), needle)
