@@ -107,11 +107,12 @@ def check_globs(patterns: list[str] | tuple[str, ...] | None, names) -> None:
     unused = [p for p in patterns or () if not any(fnmatch.fnmatchcase(n, p) for n in names)]
     if unused:
         weights = [n for n in names if n.endswith(".weight")]
-        picks = [n for n in weights if n.startswith("layers.0.")][:3] + [n for n in weights if "res_blocks.0" in n][:1]
+        picks = [n for n in weights if n.startswith("layers.0.")][:3] + \
+            [n for n in weights if "res_blocks.0" in n][:1]
         examples = ", ".join(picks or names[:4])
-        raise UserError(f"--exclude {', '.join(repr(p) for p in unused)} match(es) no parameter of the model: globs "
-                        f"must match a whole name of the checkpoint (fnmatch, case-sensitive: '*.q_proj.*' for every layer's "
-                        f"q_proj), e.g. {examples}")
+        raise UserError(f"--exclude {', '.join(repr(p) for p in unused)} match(es) no parameter of the model: "
+                        "globs must match a whole name of the checkpoint (fnmatch, case-sensitive: '*.q_proj.*' for "
+                        f"every layer's q_proj), e.g. {examples}")
 
 
 def matches(names: list[str], patterns: list[str]) -> str | None:

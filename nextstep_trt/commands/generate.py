@@ -95,10 +95,9 @@ def _settings(args, opts) -> dict:
 def check_early(args, opts) -> None:
     """Everything that can be refused before torch or a model loads: options, prompts, --out, the token grid."""
     from nextstep_trt.core.choices import check_text
+    from nextstep_trt.core.precision import Precision
     from nextstep_trt.ref.config import load_config
     from nextstep_trt.ref.latents import token_grid
-
-    from nextstep_trt.core.precision import Precision
 
     if args.backend == "torch" and Precision.parse(args.precision) is not Precision.FP32:
         raise UserError(f"--precision {args.precision}: the torch backend is the fp32 reference; graph precisions "

@@ -72,9 +72,10 @@ def options(args):
     precision = Precision.parse(args.precision)
     _check_flags(args, precision)
     graphs = tuple(g.strip() for g in args.graphs.split(",") if g.strip()) if args.graphs else None
+    block = 128 if args.block_size is None else args.block_size          # 0 is refused, not the default
     return QuantizeOptions(Path(args.model), Path(args.artifacts), precision, graphs,
                            Path(args.calib) if args.calib else None, args.exclude, args.validate,
-                           128 if args.block_size is None else args.block_size, Method(args.method or "rtn"), args.accuracy_level, args.low_memory,
+                           block, Method(args.method or "rtn"), args.accuracy_level, args.low_memory,
                            KVCache(args.kv_cache or "fp32"))
 
 
