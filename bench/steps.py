@@ -97,10 +97,10 @@ class StepGraph:
             for kind in ("key", "value"):
                 feeds |= {n: buffers[(i, kind)] for i, n in enumerate(kv_names(f"past_{kind}", bb.num_layers))}
             outputs = {"cond": (rows, bb.hidden_size)}
-            have = {o.name for o in self.session.get_outputs()}         # a timing variant may lack new_*
+            have = [o.name for o in self.session.get_outputs()]         # a timing variant may lack new_*
             for kind in ("key", "value"):
                 outputs |= {n: kv_out for n in kv_names(f"new_{kind}", bb.num_layers) if n in have}
-            for present, name in in_place_outputs([o.name for o in self.session.get_outputs()]).items():
+            for present, name in in_place_outputs(have).items():
                 buf = feeds[name]
                 b.bind_output(present, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
         else:

@@ -5,9 +5,10 @@
 For each precision, one ONNX Runtime backend per folder; every round generates the bench's image (256x256, 50 steps,
 cfg 7.5, seed 0) once with each, so a drift of the VM hits both alike. Prints per folder and precision the median
 s/image and sampler ms/token over ROUNDS rounds (after one warm-up image each; timed by the bench's own
-``LoopRunner``), fp32/PRECISION per folder, and the PSNR of A's image against B's. Made to measure a graph change (e.g. the fused sampler's form) with everything else
-equal: ``nextstep-trt bench`` compares precisions, not two exports. A and B may be the same folder (two backends
-of one export: how far apart two identical cells land, the noise floor of an A/B).
+``LoopRunner``), fp32/PRECISION per folder, and the PSNR of A's image against B's. Made to measure a graph change
+(e.g. the fused sampler's form) with everything else equal: ``nextstep-trt bench`` compares precisions, not two
+exports. A and B may be the same folder (two backends of one export: how far apart two identical cells land, the
+noise floor of an A/B).
 """
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def main(argv: list[str]) -> None:
     image_s = {key: np.array([log.e2e for log in runs]) for key, runs in logs.items()}
     for key, runs in logs.items():
         sampler = np.median([t for log in runs for t in log.sampler])
-        print(f"{key[0]} ({folders[key[0]]}) {key[1]}: {np.median(image_s[key]):.3f} s/image, sampler {sampler * 1e3:.3f} ms/token; "
-              f"rounds {', '.join(f'{t:.2f}' for t in image_s[key])}")
+        print(f"{key[0]} ({folders[key[0]]}) {key[1]}: {np.median(image_s[key]):.3f} s/image, "
+              f"sampler {sampler * 1e3:.3f} ms/token; rounds {', '.join(f'{t:.2f}' for t in image_s[key])}")
     for p in {p for _, p in cells} - {"fp32"}:
         for side in folders:
             if (side, "fp32") in cells:

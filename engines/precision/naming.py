@@ -104,7 +104,7 @@ def check_globs(patterns: list[str] | tuple[str, ...] | None, names) -> None:
     from nextstep_trt.core.errors import UserError
 
     names = sorted(names)
-    unused = [p for p in patterns or () if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    unused = [p for p in patterns or () if matches(names, [p]) is None]
     if unused:
         weights = [n for n in names if n.endswith(".weight")]
         picks = [n for n in weights if n.startswith("layers.0.")][:3] + \

@@ -99,11 +99,16 @@ def choose_sites(model: onnx.ModelProto, params: dict[str, np.ndarray], exclude:
         node, dims = nodes[c.node], tuple(inits[c.weight].dims)
         reason = c.reason or _layout_problem(node, dims, block)
         if reason:
-            width = {"K": dims[1] if node.op_type == "Gemm" else dims[0]} if len(dims) == 2 and not c.reason else {}
+            width = {"K": _input_width(node, dims)} if len(dims) == 2 and not c.reason else {}
             kept.append(c.to_dict() | {"reason": reason} | width)           # K: kept for its layout (block_note)
         else:
             sites.append(Site(c.node, c.weight, node.op_type == "Gemm", c.params))
     return sites, kept
+
+
+def _input_width(node: onnx.NodeProto, dims: tuple) -> int:
+    """K of a 2-D linear weight: Gemm keeps W [N,K] (transB), MatMul W.T [K,N]."""
+    return dims[1] if node.op_type == "Gemm" else dims[0]
 
 
 def _layout_problem(node: onnx.NodeProto, dims: tuple, block: int) -> str | None:
@@ -113,7 +118,7 @@ def _layout_problem(node: onnx.NodeProto, dims: tuple, block: int) -> str | None
     if node.op_type == "Gemm" and (attrs.get("transA", 0) or not attrs.get("transB", 0)
                                    or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
         return "a Gemm other than x @ W.T + b"
-    k = dims[1] if node.op_type == "Gemm" else dims[0]
+    k = _input_width(node, dims)
     if k % block:
         return f"input dimension {k} is not a multiple of the block size {block}"
     return None
